@@ -1,0 +1,8 @@
+//! The sdlab engine: a paged-KV block manager with prefix caching, an
+//! iteration-level scheduler with chunked prefill and preemption, a sampler,
+//! and the step loop that drives a model. HTTP lives on top of [`engine`].
+
+pub mod block_manager;
+pub mod detokenizer;
+pub mod sampler;
+pub mod scheduler;

@@ -1,1 +1,42 @@
-//! kernels
+//! Compute kernels for sdlab's CPU hot path.
+//!
+//! Two families, each with a deliberately simple reference in [`reference`]
+//! that the property tests compare against:
+//!
+//! - [`attention`]: paged attention over a block-table KV cache (vLLM's
+//!   PagedAttention idea), one kernel for decode (one query per sequence) and
+//!   chunked prefill (a causal chunk attending to its cached prefix), with
+//!   grouped-query heads; plus the scatter of new K/V rows into their slots.
+//! - [`linear`]: `y = x W^T` for f32 weights whose every output element is
+//!   reduced in a fixed order, so a row's result never depends on which other
+//!   rows share the batch. That is what makes continuous batching
+//!   *batch-invariant*: a prompt decoded alone or among fifteen others gives
+//!   the same tokens.
+//!
+//! Every kernel reduces with [`simd::dot`], whose summation order depends only
+//! on the vector length.
+
+pub mod attention;
+pub mod linear;
+pub mod reference;
+pub mod simd;
+
+pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
+pub use linear::linear;
+
+/// Errors from kernel argument checks. Kernels validate shapes once at entry
+/// and then run without bounds surprises.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("shape mismatch in {kernel}: {detail}")]
+    Shape { kernel: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+pub(crate) fn shape_err(kernel: &'static str, detail: impl Into<String>) -> KernelError {
+    KernelError::Shape {
+        kernel,
+        detail: detail.into(),
+    }
+}

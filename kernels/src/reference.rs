@@ -1,0 +1,69 @@
+//! Naive references for every kernel: obvious loops, f64 accumulation,
+//! contiguous copies instead of block tables. Slow on purpose; the property
+//! tests check the fast kernels against these.
+
+use crate::attention::{KvLayout, SeqAttention};
+
+/// `out = x · wᵀ`, accumulated in f64.
+pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            let s: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
+            out[r * n + c] = s as f32;
+        }
+    }
+    out
+}
+
+/// Attention for each sequence by first copying its K/V out of the pool into
+/// contiguous `[context_len, num_kv_heads, head_dim]` arrays.
+pub fn paged_attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    layout: KvLayout,
+    num_heads: usize,
+    seqs: &[SeqAttention<'_>],
+    scale: f32,
+) -> Vec<f32> {
+    let d = layout.head_dim;
+    let width = num_heads * d;
+    let kv_row = layout.num_kv_heads * d;
+    let mut out = vec![0f32; q.len()];
+    for seq in seqs {
+        let gather = |cache: &[f32]| -> Vec<f32> {
+            let mut v = Vec::with_capacity(seq.context_len * kv_row);
+            for p in 0..seq.context_len {
+                let block = seq.block_table[p / layout.block_size] as usize;
+                let slot = block * layout.block_size + p % layout.block_size;
+                v.extend_from_slice(&cache[slot * kv_row..(slot + 1) * kv_row]);
+            }
+            v
+        };
+        let (k, v) = (gather(k_cache), gather(v_cache));
+        for i in 0..seq.query_len {
+            let row = seq.query_start + i;
+            let pos = seq.context_len - seq.query_len + i;
+            for h in 0..num_heads {
+                let kvh = h * layout.num_kv_heads / num_heads;
+                let qh = &q[row * width + h * d..][..d];
+                let scores: Vec<f64> = (0..=pos)
+                    .map(|p| {
+                        let kp = &k[p * kv_row + kvh * d..][..d];
+                        qh.iter().zip(kp).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for j in 0..d {
+                    let s: f64 = (0..=pos).map(|p| weights[p] * v[p * kv_row + kvh * d + j] as f64).sum();
+                    out[row * width + h * d + j] = (s / total) as f32;
+                }
+            }
+        }
+    }
+    out
+}

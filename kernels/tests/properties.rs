@@ -1,0 +1,121 @@
+//! Property tests: each fast kernel against its naive reference on random
+//! shapes, random block layouts and random prefix lengths.
+
+use kernels::{linear, paged_attention, reference, write_kv, KvLayout, SeqAttention};
+use proptest::prelude::*;
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn linear_matches_reference(m in 1usize..20, k in 1usize..130, n in 1usize..40, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x = random_vec(&mut rng, m * k);
+        let w = random_vec(&mut rng, n * k);
+        let mut out = vec![0f32; m * n];
+        linear(&x, &w, m, k, n, &mut out).unwrap();
+        let want = reference::linear(&x, &w, m, k, n);
+        prop_assert!(max_abs_diff(&out, &want) < 1e-4, "diff {}", max_abs_diff(&out, &want));
+    }
+
+    /// A row's output is bit-identical whatever else is in the batch.
+    #[test]
+    fn linear_is_batch_invariant(m in 1usize..40, k in 1usize..200, n in 1usize..50, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x = random_vec(&mut rng, m * k);
+        let w = random_vec(&mut rng, n * k);
+        let mut batched = vec![0f32; m * n];
+        linear(&x, &w, m, k, n, &mut batched).unwrap();
+        for r in 0..m {
+            let mut alone = vec![0f32; n];
+            linear(&x[r * k..(r + 1) * k], &w, 1, k, n, &mut alone).unwrap();
+            prop_assert_eq!(&alone[..], &batched[r * n..(r + 1) * n]);
+        }
+    }
+
+    #[test]
+    fn paged_attention_matches_reference(
+        num_kv_heads in 1usize..4,
+        group in 1usize..4,
+        head_dim in prop::sample::select(vec![4usize, 8, 16, 33, 64]),
+        block_size in prop::sample::select(vec![1usize, 2, 4, 16]),
+        seq_shapes in prop::collection::vec((1usize..70, 0usize..40), 1..5),
+        seed: u64,
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let num_heads = num_kv_heads * group;
+        // Each sequence: a cached prefix of `prefix` tokens and `new` tokens this step
+        // (new == 1 is decode; more is a prefill chunk; prefix == 0 is a fresh prompt).
+        let shapes: Vec<(usize, usize)> = seq_shapes.iter().map(|&(ctx, new)| {
+            let new = new.clamp(1, ctx);
+            (ctx, new)
+        }).collect();
+        let blocks_per_seq: Vec<usize> = shapes.iter().map(|(ctx, _)| ctx.div_ceil(block_size)).collect();
+        let num_blocks = blocks_per_seq.iter().sum::<usize>() + 3;
+        let layout = KvLayout { num_blocks, block_size, num_kv_heads, head_dim };
+        // A random block layout: blocks handed out in shuffled order.
+        let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+        ids.shuffle(&mut rng);
+        let mut tables = Vec::new();
+        let mut next = 0;
+        for &b in &blocks_per_seq {
+            tables.push(ids[next..next + b].to_vec());
+            next += b;
+        }
+        let mut k_cache = random_vec(&mut rng, layout.elems());
+        let mut v_cache = random_vec(&mut rng, layout.elems());
+        let total_new: usize = shapes.iter().map(|s| s.1).sum();
+        let kv_row = num_kv_heads * head_dim;
+        let k_new = random_vec(&mut rng, total_new * kv_row);
+        let v_new = random_vec(&mut rng, total_new * kv_row);
+        let q = random_vec(&mut rng, total_new * num_heads * head_dim);
+        let mut slots = Vec::new();
+        let mut seqs = Vec::new();
+        let mut start = 0;
+        for (s, &(ctx, new)) in shapes.iter().enumerate() {
+            for p in ctx - new..ctx {
+                slots.push(layout.slot(&tables[s], p));
+            }
+            seqs.push(SeqAttention { query_start: start, query_len: new, context_len: ctx, block_table: &tables[s] });
+            start += new;
+        }
+        write_kv(&mut k_cache, &mut v_cache, layout, &k_new, &v_new, &slots).unwrap();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut out = vec![0f32; q.len()];
+        paged_attention(&q, &k_cache, &v_cache, layout, num_heads, &seqs, scale, &mut out).unwrap();
+        let want = reference::paged_attention(&q, &k_cache, &v_cache, layout, num_heads, &seqs, scale);
+        prop_assert!(max_abs_diff(&out, &want) < 1e-4, "diff {}", max_abs_diff(&out, &want));
+
+        // Batch invariance: each sequence alone gives bit-identical rows.
+        for seq in &seqs {
+            let w = num_heads * head_dim;
+            let q1 = &q[seq.query_start * w..(seq.query_start + seq.query_len) * w];
+            let alone = SeqAttention { query_start: 0, ..*seq };
+            let mut out1 = vec![0f32; q1.len()];
+            paged_attention(q1, &k_cache, &v_cache, layout, num_heads, &[alone], scale, &mut out1).unwrap();
+            prop_assert_eq!(&out1[..], &out[seq.query_start * w..(seq.query_start + seq.query_len) * w]);
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let layout = KvLayout { num_blocks: 2, block_size: 4, num_kv_heads: 1, head_dim: 4 };
+    let cache = vec![0f32; layout.elems()];
+    let q = vec![0f32; 4];
+    let mut out = vec![0f32; 4];
+    let table = [5u32]; // out of range
+    let seqs = [SeqAttention { query_start: 0, query_len: 1, context_len: 1, block_table: &table }];
+    assert!(paged_attention(&q, &cache, &cache, layout, 1, &seqs, 1.0, &mut out).is_err());
+    let mut small = vec![0f32; 3];
+    assert!(linear(&q, &q, 1, 4, 1, &mut small).is_err());
+}

@@ -71,15 +71,28 @@ pub fn write_kv(
     let row = layout.num_kv_heads * layout.head_dim;
     let n = slots.len();
     if k.len() != n * row || v.len() != n * row {
-        return Err(shape_err("write_kv", format!("{n} slots but k/v of {} / {} values, row {row}", k.len(), v.len())));
+        return Err(shape_err(
+            "write_kv",
+            format!(
+                "{n} slots but k/v of {} / {} values, row {row}",
+                k.len(),
+                v.len()
+            ),
+        ));
     }
     if k_cache.len() != layout.elems() || v_cache.len() != layout.elems() {
-        return Err(shape_err("write_kv", "cache size does not match its layout"));
+        return Err(shape_err(
+            "write_kv",
+            "cache size does not match its layout",
+        ));
     }
     let capacity = layout.num_blocks * layout.block_size;
     for (i, &slot) in slots.iter().enumerate() {
         if slot >= capacity {
-            return Err(shape_err("write_kv", format!("slot {slot} outside {capacity} slots")));
+            return Err(shape_err(
+                "write_kv",
+                format!("slot {slot} outside {capacity} slots"),
+            ));
         }
         let dst = slot * row;
         k_cache[dst..dst + row].copy_from_slice(&k[i * row..(i + 1) * row]);
@@ -141,7 +154,9 @@ pub fn paged_attention(
                 }
                 let inv = 1.0 / sum;
                 // SAFETY: each (row, head) output range is written by exactly one item.
-                let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * width + h * d), d) };
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.0.add(row * width + h * d), d)
+                };
                 o.fill(0.0);
                 for (p, score) in scores.iter().enumerate() {
                     let off = layout.offset(layout.slot(seq.block_table, p), kvh);
@@ -168,13 +183,25 @@ fn validate(
 ) -> Result<()> {
     let width = num_heads * layout.head_dim;
     if layout.num_kv_heads == 0 || num_heads % layout.num_kv_heads != 0 {
-        return Err(shape_err("paged_attention", format!("{num_heads} heads not a multiple of {} KV heads", layout.num_kv_heads)));
+        return Err(shape_err(
+            "paged_attention",
+            format!(
+                "{num_heads} heads not a multiple of {} KV heads",
+                layout.num_kv_heads
+            ),
+        ));
     }
     if q.len() % width != 0 || out.len() != q.len() {
-        return Err(shape_err("paged_attention", "q/out are not [tokens, num_heads*head_dim]"));
+        return Err(shape_err(
+            "paged_attention",
+            "q/out are not [tokens, num_heads*head_dim]",
+        ));
     }
     if k_cache.len() != layout.elems() || v_cache.len() != layout.elems() {
-        return Err(shape_err("paged_attention", "cache size does not match its layout"));
+        return Err(shape_err(
+            "paged_attention",
+            "cache size does not match its layout",
+        ));
     }
     let tokens = q.len() / width;
     for (s, seq) in seqs.iter().enumerate() {
@@ -183,9 +210,15 @@ fn validate(
             || seq.query_len > seq.context_len
             || seq.query_start + seq.query_len > tokens
             || seq.block_table.len() < blocks_needed
-            || seq.block_table.iter().any(|&b| b as usize >= layout.num_blocks)
+            || seq
+                .block_table
+                .iter()
+                .any(|&b| b as usize >= layout.num_blocks)
         {
-            return Err(shape_err("paged_attention", format!("sequence {s} is inconsistent: {seq:?}")));
+            return Err(shape_err(
+                "paged_attention",
+                format!("sequence {s} is inconsistent: {seq:?}"),
+            ));
         }
     }
     Ok(())

@@ -18,6 +18,7 @@
 
 pub mod attention;
 pub mod linear;
+pub mod quant;
 pub mod reference;
 pub mod simd;
 
@@ -29,7 +30,10 @@ pub use linear::linear;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum KernelError {
     #[error("shape mismatch in {kernel}: {detail}")]
-    Shape { kernel: &'static str, detail: String },
+    Shape {
+        kernel: &'static str,
+        detail: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

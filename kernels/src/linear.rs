@@ -50,7 +50,7 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32
     Ok(())
 }
 
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
@@ -74,7 +74,10 @@ unsafe fn block(
         let pair = c + 1 < cols.end;
         let mut r = rows.start;
         while r + 4 <= rows.end && pair {
-            let d = tile4x2([row(r), row(r + 1), row(r + 2), row(r + 3)], [col(c), col(c + 1)]);
+            let d = tile4x2(
+                [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                [col(c), col(c + 1)],
+            );
             for (i, pair_out) in d.iter().enumerate() {
                 *out.add((r + i) * n + c) = pair_out[0];
                 *out.add((r + i) * n + c + 1) = pair_out[1];
@@ -96,12 +99,20 @@ unsafe fn block(
 /// [`simd::dot`]'s order.
 #[inline]
 fn tile4x2(xs: [&[f32]; 4], ws: [&[f32]; 2]) -> [[f32; 2]; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
     {
         // SAFETY: the target features are enabled at compile time.
         unsafe { tile4x2_avx2(xs, ws) }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
     {
         let mut d = [[0f32; 2]; 4];
         for (i, x) in xs.iter().enumerate() {
@@ -113,7 +124,11 @@ fn tile4x2(xs: [&[f32]; 4], ws: [&[f32]; 2]) -> [[f32; 2]; 4] {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 #[inline]
 unsafe fn tile4x2_avx2(xs: [&[f32]; 4], ws: [&[f32]; 2]) -> [[f32; 2]; 4] {
     use std::arch::x86_64::*;

@@ -9,7 +9,9 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for r in 0..m {
         for c in 0..n {
-            let s: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
+            let s: f64 = (0..k)
+                .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                .sum();
             out[r * n + c] = s as f32;
         }
     }
@@ -51,7 +53,10 @@ pub fn paged_attention(
                 let scores: Vec<f64> = (0..=pos)
                     .map(|p| {
                         let kp = &k[p * kv_row + kvh * d..][..d];
-                        qh.iter().zip(kp).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                        qh.iter()
+                            .zip(kp)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
                             * scale as f64
                     })
                     .collect();
@@ -59,7 +64,9 @@ pub fn paged_attention(
                 let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for j in 0..d {
-                    let s: f64 = (0..=pos).map(|p| weights[p] * v[p * kv_row + kvh * d + j] as f64).sum();
+                    let s: f64 = (0..=pos)
+                        .map(|p| weights[p] * v[p * kv_row + kvh * d + j] as f64)
+                        .sum();
                     out[row * width + h * d + j] = (s / total) as f32;
                 }
             }

@@ -10,7 +10,10 @@ fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 proptest! {
@@ -109,12 +112,22 @@ proptest! {
 
 #[test]
 fn bad_shapes_are_errors_not_panics() {
-    let layout = KvLayout { num_blocks: 2, block_size: 4, num_kv_heads: 1, head_dim: 4 };
+    let layout = KvLayout {
+        num_blocks: 2,
+        block_size: 4,
+        num_kv_heads: 1,
+        head_dim: 4,
+    };
     let cache = vec![0f32; layout.elems()];
     let q = vec![0f32; 4];
     let mut out = vec![0f32; 4];
     let table = [5u32]; // out of range
-    let seqs = [SeqAttention { query_start: 0, query_len: 1, context_len: 1, block_table: &table }];
+    let seqs = [SeqAttention {
+        query_start: 0,
+        query_len: 1,
+        context_len: 1,
+        block_table: &table,
+    }];
     assert!(paged_attention(&q, &cache, &cache, layout, 1, &seqs, 1.0, &mut out).is_err());
     let mut small = vec![0f32; 3];
     assert!(linear(&q, &q, 1, 4, 1, &mut small).is_err());

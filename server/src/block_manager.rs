@@ -235,6 +235,16 @@ impl BlockManager {
         hit
     }
 
+    /// Take back the stats of an [`Self::acquire_cached_prefix`] whose
+    /// admission then failed (the lookup will be repeated on the next try).
+    pub(crate) fn retract_prefix_query(&mut self, num_tokens: usize, hit: usize) {
+        if self.enable_prefix_caching {
+            let s = &mut self.stats;
+            s.queries_tokens = s.queries_tokens.saturating_sub(num_tokens as u64);
+            s.hit_tokens = s.hit_tokens.saturating_sub(hit as u64);
+        }
+    }
+
     /// Ensure `seq` has blocks for `num_tokens` tokens in total. New blocks
     /// come from the free-list head (evicting a cached hash if present).
     /// All-or-nothing: returns false and allocates nothing if short of blocks.
@@ -277,7 +287,8 @@ impl BlockManager {
         if !self.enable_prefix_caching {
             return;
         }
-        let num_full = (num_computed.min(tokens.len()) / self.block_size).min(seq.block_table.len());
+        let num_full =
+            (num_computed.min(tokens.len()) / self.block_size).min(seq.block_table.len());
         for i in seq.block_hashes.len()..num_full {
             let parent = seq.block_hashes.last().copied().unwrap_or(ROOT_HASH);
             let chunk = &tokens[i * self.block_size..(i + 1) * self.block_size];
@@ -352,15 +363,24 @@ impl BlockManager {
             cur = b.next;
         }
         if prev != self.free_tail {
-            return Err(format!("free tail {} but list ends at {prev}", self.free_tail));
+            return Err(format!(
+                "free tail {} but list ends at {prev}",
+                self.free_tail
+            ));
         }
         if count != self.num_free {
-            return Err(format!("free list has {count} blocks, counter {}", self.num_free));
+            return Err(format!(
+                "free list has {count} blocks, counter {}",
+                self.num_free
+            ));
         }
         let mut cached_free = 0;
         for (i, b) in self.blocks.iter().enumerate() {
             if (b.ref_cnt == 0) != in_list[i] {
-                return Err(format!("block {i}: ref {} but in free list {}", b.ref_cnt, in_list[i]));
+                return Err(format!(
+                    "block {i}: ref {} but in free list {}",
+                    b.ref_cnt, in_list[i]
+                ));
             }
             if let Some(h) = b.hash {
                 if self.cached.get(&h) != Some(&(i as BlockId)) {
@@ -373,7 +393,9 @@ impl BlockManager {
         }
         for (&h, &id) in &self.cached {
             if self.blocks.get(id as usize).and_then(|b| b.hash) != Some(h) {
-                return Err(format!("hash {h:#x} maps to block {id} which does not carry it"));
+                return Err(format!(
+                    "hash {h:#x} maps to block {id} which does not carry it"
+                ));
             }
         }
         if cached_free != self.num_cached_free {

@@ -1,0 +1,284 @@
+//! 4-bit weights times 8-bit activations: the Q4_1 × Q8_1 dot product.
+//!
+//! GGUF's Q4_1 stores 32 weights in 20 bytes: an f16 scale `d`, an f16
+//! minimum `m`, and 32 four-bit codes (`w = d·q + m`; byte `j` holds code `j`
+//! in its low nibble and code `j + 16` in its high nibble). llama.cpp
+//! multiplies it by activations quantized per 32 values to Q8_1 (an f16 scale,
+//! 32 int8 codes, and `s = d·Σq` so the `m` term costs one multiply per block).
+//! sdlab quantizes activations exactly as llama.cpp does (the same rounding,
+//! the same f16 storage of `d` and `s`), so its outputs track llama.cpp's, and
+//! does the integer dot products with AVX2 (`maddubs`), which candle 0.11
+//! lacks for this format on CPUs without AVX-512 VNNI.
+//!
+//! Every output element is one row-times-row reduction in a fixed order, so
+//! results are batch-invariant, like [`crate::linear`].
+
+use crate::{shape_err, Result};
+use half::f16;
+use rayon::prelude::*;
+
+pub const QK: usize = 32;
+
+/// One GGUF Q4_1 block, bit-compatible with the file format.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+/// An activation block: f16-rounded `d` and `s` kept as f32 for speed.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct BlockQ8_1 {
+    pub qs: [i8; QK],
+    pub d: f32,
+    pub s: f32,
+}
+
+/// A Q4_1 weight matrix `[n, k]` (row-major, `k` a multiple of 32).
+#[derive(Debug, Clone)]
+pub struct Q4_1Matrix {
+    pub blocks: Vec<BlockQ4_1>,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl Q4_1Matrix {
+    /// From the raw bytes of a GGUF tensor.
+    pub fn from_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {
+        if k % QK != 0 || bytes.len() != n * k / QK * 20 {
+            return Err(shape_err(
+                "q4_1",
+                format!("{} bytes is not a {n}x{k} Q4_1 matrix", bytes.len()),
+            ));
+        }
+        let blocks = bytes
+            .chunks_exact(20)
+            .map(|b| {
+                let mut qs = [0u8; 16];
+                qs.copy_from_slice(&b[4..20]);
+                BlockQ4_1 {
+                    d: f16::from_le_bytes([b[0], b[1]]),
+                    m: f16::from_le_bytes([b[2], b[3]]),
+                    qs,
+                }
+            })
+            .collect();
+        Ok(Self { blocks, n, k })
+    }
+
+    /// Quantizes f32 weights (the reference direction, for tests).
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Result<Self> {
+        if k % QK != 0 || w.len() != n * k {
+            return Err(shape_err(
+                "q4_1",
+                "weights are not n x k with k a multiple of 32",
+            ));
+        }
+        let blocks = w
+            .chunks_exact(QK)
+            .map(|x| {
+                let (min, max) = x
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut qs = [0u8; 16];
+                for j in 0..16 {
+                    let q0 = ((x[j] - min) * id + 0.5).min(15.0) as u8;
+                    let q1 = ((x[j + 16] - min) * id + 0.5).min(15.0) as u8;
+                    qs[j] = q0 | (q1 << 4);
+                }
+                BlockQ4_1 {
+                    d: f16::from_f32(d),
+                    m: f16::from_f32(min),
+                    qs,
+                }
+            })
+            .collect();
+        Ok(Self { blocks, n, k })
+    }
+
+    /// Back to f32 (`d·q + m`).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.n * self.k);
+        for b in &self.blocks {
+            let (d, m) = (b.d.to_f32(), b.m.to_f32());
+            let mut v = [0f32; QK];
+            for j in 0..16 {
+                v[j] = (b.qs[j] & 0x0F) as f32 * d + m;
+                v[j + 16] = (b.qs[j] >> 4) as f32 * d + m;
+            }
+            out.extend_from_slice(&v);
+        }
+        out
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * 20
+    }
+}
+
+/// Quantizes one row of activations to Q8_1, as llama.cpp's
+/// `quantize_row_q8_1` does.
+pub fn quantize_row_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    for chunk in x.chunks_exact(QK) {
+        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        // llama.cpp's x86 path: `id = 127 / amax` and round half to even.
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; QK];
+        let mut sum = 0i32;
+        for (q, v) in qs.iter_mut().zip(chunk) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        out.push(BlockQ8_1 {
+            qs,
+            d: f16::from_f32(d).to_f32(),
+            s: f16::from_f32(sum as f32 * d).to_f32(),
+        });
+    }
+}
+
+/// Dot product of one Q4_1 row with one Q8_1 row.
+#[inline]
+pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        // SAFETY: the target features are enabled at compile time.
+        unsafe { vec_dot_avx2(w, x) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        vec_dot_lanes(w, x)
+    }
+}
+
+/// Portable path in the SIMD path's order: eight lanes of four products each,
+/// scaled and accumulated per block, folded at the end, plus the `m·s` terms.
+#[allow(dead_code)]
+pub fn vec_dot_lanes(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let mut codes = [0i32; QK];
+        for j in 0..16 {
+            codes[j] = (wb.qs[j] & 0x0F) as i32;
+            codes[j + 16] = (wb.qs[j] >> 4) as i32;
+        }
+        let scale = wb.d.to_f32() * xb.d;
+        for (l, a) in acc.iter_mut().enumerate() {
+            let s: i32 = (0..4)
+                .map(|i| codes[4 * l + i] * xb.qs[4 * l + i] as i32)
+                .sum();
+            *a = scale.mul_add(s as f32, *a);
+        }
+        summs = wb.m.to_f32().mul_add(xb.s, summs);
+    }
+    crate::simd::fold8(acc) + summs
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline]
+unsafe fn vec_dot_avx2(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let q = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
+        let lo = _mm_and_si128(q, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+        let qw = _mm256_set_m128i(hi, lo);
+        let qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
+        let pairs = _mm256_maddubs_epi16(qw, qx);
+        let quads = _mm256_madd_epi16(pairs, ones);
+        let scale = _mm256_set1_ps(wb.d.to_f32() * xb.d);
+        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc);
+        summs = wb.m.to_f32().mul_add(xb.s, summs);
+    }
+    crate::simd::hsum(acc) + summs
+}
+
+/// `out[m, n] = x[m, k] · Wᵀ` with activations quantized to Q8_1 per row.
+pub fn matmul_q4_1(x: &[f32], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Result<()> {
+    let (n, k) = (w.n, w.k);
+    if x.len() != m * k || out.len() != m * n {
+        return Err(shape_err(
+            "matmul_q4_1",
+            format!(
+                "x has {} values (want {m}x{k}), out {} (want {m}x{n})",
+                x.len(),
+                out.len()
+            ),
+        ));
+    }
+    let kb = k / QK;
+    let mut xq = Vec::with_capacity(m * kb);
+    for row in x.chunks_exact(k) {
+        quantize_row_q8_1(row, &mut xq);
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads * 4).clamp(1, 256);
+    let out_ptr = crate::linear::SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let out_ptr = &out_ptr;
+        let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
+        for r0 in (0..m).step_by(64) {
+            for col in c0..c1 {
+                let wrow = &w.blocks[col * kb..(col + 1) * kb];
+                for r in r0..(r0 + 64).min(m) {
+                    let v = vec_dot_q4_1_q8_1(wrow, &xq[r * kb..(r + 1) * kb]);
+                    // SAFETY: each task writes only its own columns.
+                    unsafe { *out_ptr.0.add(r * n + col) = v };
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_and_portable_paths_agree_bitwise() {
+        let k = 128;
+        let w: Vec<f32> = (0..2 * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+            .collect();
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 11.0)
+            .collect();
+        let wq = Q4_1Matrix::quantize(&w, 2, k).unwrap();
+        let mut xq = Vec::new();
+        quantize_row_q8_1(&x, &mut xq);
+        for r in 0..2 {
+            let row = &wq.blocks[r * 4..(r + 1) * 4];
+            assert_eq!(
+                vec_dot_q4_1_q8_1(row, &xq).to_bits(),
+                vec_dot_lanes(row, &xq).to_bits()
+            );
+        }
+    }
+}

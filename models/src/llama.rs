@@ -1,0 +1,279 @@
+//! The Llama-family decoder over sdlab's paged KV cache.
+//!
+//! One forward pass takes a *batch of sequence chunks*: for each sequence,
+//! `len` new tokens starting at position `start`, whose K/V go into the slots
+//! its block table names. A decode step is a chunk of one token; a prefill is
+//! a chunk of many; both mix freely in one batch (continuous batching with
+//! chunked prefill). Tokens are flattened into one `[tokens, hidden]` matrix,
+//! so every linear layer runs once per step for the whole batch, and only
+//! attention looks at sequence boundaries.
+//!
+//! Every operation works row by row in a fixed order, so a token's logits do
+//! not depend on the batch it was computed in.
+
+use crate::config::{LlamaConfig, RopeStyle};
+use crate::kv_cache::KvCache;
+use crate::weights::Linear;
+use crate::{ModelError, Result};
+use kernels::{paged_attention, simd, write_kv, SeqAttention};
+use std::sync::Arc;
+
+/// One decoder block's weights.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Linear,
+    pub w_up: Linear,
+    pub w_down: Linear,
+}
+
+/// New tokens of one sequence in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// Blocks holding positions `0..start + len`.
+    pub block_table: &'a [u32],
+    /// Position of the first new token (tokens before it are cached).
+    pub start: usize,
+    /// Number of new tokens.
+    pub len: usize,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    embed: Arc<Vec<f32>>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+impl Llama {
+    pub fn new(
+        cfg: LlamaConfig,
+        embed: Arc<Vec<f32>>,
+        layers: Vec<Layer>,
+        norm: Vec<f32>,
+        lm_head: Linear,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        if embed.len() != cfg.vocab_size * h || norm.len() != h || layers.len() != cfg.num_layers {
+            return Err(ModelError::Input("weights do not match the config".into()));
+        }
+        if lm_head.out_features() != cfg.vocab_size || lm_head.in_features() != h {
+            return Err(ModelError::Input(
+                "LM head does not match the config".into(),
+            ));
+        }
+        let (rope_cos, rope_sin) = rope_tables(&cfg);
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope_cos,
+            rope_sin,
+        })
+    }
+
+    /// Bytes of weights read per forward pass (embeddings excluded).
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|x| x.weight_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        l + self.lm_head.weight_bytes()
+    }
+
+    /// Runs the batch and returns logits `[logit_rows.len(), vocab]` for the
+    /// requested rows of the flattened token matrix (usually each sequence's
+    /// last token; every token for perplexity).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        seqs: &[SeqChunk<'_>],
+        logit_rows: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let (h, t) = (cfg.hidden_size, tokens.len());
+        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        self.validate(tokens, seqs, logit_rows, cache)?;
+
+        let mut positions = Vec::with_capacity(t);
+        let mut slots = Vec::with_capacity(t);
+        let mut attn_seqs = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            attn_seqs.push(SeqAttention {
+                query_start: positions.len(),
+                query_len: s.len,
+                context_len: s.start + s.len,
+                block_table: s.block_table,
+            });
+            for p in s.start..s.start + s.len {
+                positions.push(p);
+                slots.push(cache.layout.slot(s.block_table, p));
+            }
+        }
+
+        let mut x = Vec::with_capacity(t * h);
+        for &tok in tokens {
+            x.extend_from_slice(&self.embed[tok as usize * h..(tok as usize + 1) * h]);
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut attn = vec![0f32; t * nh * d];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let hn = rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps);
+            let mut q = layer.wq.forward(&hn, t)?;
+            let mut k = layer.wk.forward(&hn, t)?;
+            let v = layer.wv.forward(&hn, t)?;
+            self.rope(&mut q, &positions, nh);
+            self.rope(&mut k, &positions, nkv);
+            write_kv(
+                &mut cache.k[l],
+                &mut cache.v[l],
+                cache.layout,
+                &k,
+                &v,
+                &slots,
+            )?;
+            paged_attention(
+                &q,
+                &cache.k[l],
+                &cache.v[l],
+                cache.layout,
+                nh,
+                &attn_seqs,
+                scale,
+                &mut attn,
+            )?;
+            add_assign(&mut x, &layer.wo.forward(&attn, t)?);
+
+            let hn = rms_norm(&x, &layer.ffn_norm, cfg.rms_norm_eps);
+            let mut gate = layer.w_gate.forward(&hn, t)?;
+            let up = layer.w_up.forward(&hn, t)?;
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            add_assign(&mut x, &layer.w_down.forward(&gate, t)?);
+        }
+
+        let mut last = Vec::with_capacity(logit_rows.len() * h);
+        for &r in logit_rows {
+            last.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let last = rms_norm(&last, &self.norm, cfg.rms_norm_eps);
+        self.lm_head.forward(&last, logit_rows.len())
+    }
+
+    fn validate(
+        &self,
+        tokens: &[u32],
+        seqs: &[SeqChunk<'_>],
+        logit_rows: &[usize],
+        cache: &KvCache,
+    ) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Input(m));
+        let total: usize = seqs.iter().map(|s| s.len).sum();
+        if total != tokens.len() {
+            return bad(format!(
+                "chunks cover {total} tokens but {} were given",
+                tokens.len()
+            ));
+        }
+        if let Some(&tok) = tokens
+            .iter()
+            .find(|&&tok| tok as usize >= self.cfg.vocab_size)
+        {
+            return bad(format!(
+                "token id {tok} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            ));
+        }
+        for s in seqs {
+            let end = s.start + s.len;
+            if s.len == 0 || end > self.cfg.max_position_embeddings {
+                return bad(format!(
+                    "chunk {}..{end} is empty or beyond the {} positions the model supports",
+                    s.start, self.cfg.max_position_embeddings
+                ));
+            }
+            if s.block_table.len() * cache.block_size() < end {
+                return bad(format!(
+                    "block table of {} blocks cannot hold {end} tokens",
+                    s.block_table.len()
+                ));
+            }
+        }
+        if logit_rows.iter().any(|&r| r >= tokens.len()) {
+            return bad("logit row outside the batch".into());
+        }
+        Ok(())
+    }
+
+    /// Rotates each head of `x: [tokens, heads * head_dim]` by its token's position.
+    fn rope(&self, x: &mut [f32], positions: &[usize], heads: usize) {
+        let d = self.cfg.head_dim;
+        let half = d / 2;
+        for (row, &pos) in x.chunks_exact_mut(heads * d).zip(positions) {
+            let cos = &self.rope_cos[pos * half..(pos + 1) * half];
+            let sin = &self.rope_sin[pos * half..(pos + 1) * half];
+            for head in row.chunks_exact_mut(d) {
+                for i in 0..half {
+                    let (a, b) = match self.cfg.rope_style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Halves => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// cos/sin of `position * theta^(-2i/d)`, `[max_positions, head_dim / 2]`.
+fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
+    let half = cfg.head_dim / 2;
+    let n = cfg.max_position_embeddings * half;
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for pos in 0..cfg.max_position_embeddings {
+        for i in 0..half {
+            let freq = (cfg.rope_theta as f64).powf(-2.0 * i as f64 / cfg.head_dim as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Row-wise RMSNorm: `x / sqrt(mean(x²) + eps) * w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let h = w.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(h) {
+        let inv = 1.0 / (simd::dot(row, row) / h as f32 + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, g)| v * inv * g));
+    }
+    out
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

@@ -1,0 +1,178 @@
+//! Linear layers and how their weights are held.
+//!
+//! GGUF weights can stay quantized and run through candle's `QMatMul` (less
+//! memory traffic per token: what single-stream decode is bound by), or be
+//! dequantized to f32 at load and run through sdlab's batch-invariant f32
+//! kernel (more bytes per token, but a dense GEMM that batches and prefills
+//! far faster). `--weights` picks; `docs/BENCHMARKS.md` has the numbers.
+//! Both paths compute each output row independently of the rest of the batch.
+
+use crate::{ModelError, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// How to hold quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Quantized GGUF weights stay quantized; dense checkpoints stay f32.
+    #[default]
+    Auto,
+    /// Keep GGUF weights quantized (candle `QMatMul`).
+    Quantized,
+    /// Dequantize everything to f32 at load (sdlab's linear kernel).
+    F32,
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "quantized" | "q" => Ok(Self::Quantized),
+            "f32" => Ok(Self::F32),
+            other => Err(format!(
+                "unknown weight format `{other}` (auto, quantized, f32)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Quantized => "quantized",
+            Self::F32 => "f32",
+        })
+    }
+}
+
+/// `y = x Wᵀ` with `W: [out_features, in_features]`.
+pub enum Linear {
+    /// Q4_1 weights on sdlab's AVX2 kernel (activations quantized to Q8_1 as llama.cpp does).
+    Q4_1(kernels::quant::Q4_1Matrix),
+    /// Other quantized formats on candle's kernels.
+    Quantized {
+        qm: QMatMul,
+        out_features: usize,
+        in_features: usize,
+    },
+    Dense {
+        w: Arc<Vec<f32>>,
+        out_features: usize,
+        in_features: usize,
+    },
+}
+
+impl Linear {
+    pub fn dense(w: Vec<f32>, out_features: usize, in_features: usize) -> Result<Self> {
+        Self::dense_shared(Arc::new(w), out_features, in_features)
+    }
+
+    /// A dense layer over weights shared with another user (a tied LM head).
+    pub fn dense_shared(w: Arc<Vec<f32>>, out_features: usize, in_features: usize) -> Result<Self> {
+        if w.len() != out_features * in_features {
+            return Err(ModelError::Input(format!(
+                "dense weight has {} values, want {out_features}x{in_features}",
+                w.len()
+            )));
+        }
+        Ok(Self::Dense {
+            w,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// From a GGUF tensor, keeping it quantized or not.
+    pub fn from_qtensor(t: QTensor, quantized: bool) -> Result<Self> {
+        let (out_features, in_features) = t.shape().dims2()?;
+        if quantized && t.dtype() == GgmlDType::Q4_1 {
+            let bytes = t.data()?;
+            Ok(Self::Q4_1(kernels::quant::Q4_1Matrix::from_bytes(
+                &bytes,
+                out_features,
+                in_features,
+            )?))
+        } else if quantized
+            && !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+        {
+            Ok(Self::Quantized {
+                qm: QMatMul::from_qtensor(t)?,
+                out_features,
+                in_features,
+            })
+        } else {
+            let w = t
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Self::dense(w, out_features, in_features)
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Self::Q4_1(w) => w.n,
+            Self::Quantized { out_features, .. } | Self::Dense { out_features, .. } => {
+                *out_features
+            }
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        match self {
+            Self::Q4_1(w) => w.k,
+            Self::Quantized { in_features, .. } | Self::Dense { in_features, .. } => *in_features,
+        }
+    }
+
+    /// `x: [m, in_features]` row-major; returns `[m, out_features]`.
+    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Q4_1(w) => {
+                let mut out = vec![0f32; m * w.n];
+                kernels::quant::matmul_q4_1(x, m, w, &mut out)?;
+                Ok(out)
+            }
+            Self::Quantized {
+                qm, in_features, ..
+            } => {
+                let xt = Tensor::from_slice(x, (m, *in_features), &Device::Cpu)?;
+                Ok(qm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+            Self::Dense {
+                w,
+                out_features,
+                in_features,
+            } => {
+                let mut out = vec![0f32; m * out_features];
+                kernels::linear(x, w, m, *in_features, *out_features, &mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Bytes of weight data read per forward pass.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Q4_1(w) => w.bytes(),
+            Self::Quantized {
+                qm: QMatMul::QTensor(t),
+                ..
+            } => t.storage_size_in_bytes(),
+            Self::Quantized {
+                out_features,
+                in_features,
+                ..
+            }
+            | Self::Dense {
+                out_features,
+                in_features,
+                ..
+            } => out_features * in_features * 4,
+        }
+    }
+}

@@ -1,1 +1,276 @@
-fn main() {}
+//! `sdlab`: the command line that ties sdlab's crates together.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use models::{ChatMessage, ChatTemplate, LoadOptions, WeightFormat};
+use server::engine::{Engine, GenerateRequest};
+use server::runner::{start_llama_engine, EngineOptions};
+use server::sampler::SamplingParams;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sdlab",
+    version,
+    about = "A Rust testbed for AI serving and system design: show, don't just tell."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt (continuous-batching engine, one request).
+    Generate(GenerateArgs),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Model utilities.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Perplexity over a text file, llama.cpp's `llama-perplexity` method.
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a small deterministic Hugging Face model folder (random weights, trained tokenizer).
+    Synth(SynthArgs),
+}
+
+/// Which model and how to hold its weights.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A GGUF file, a Hugging Face folder, or a known name.
+    #[arg(long, default_value = models::loader::DEFAULT_MODEL)]
+    model: String,
+    /// Weight format: auto (GGUF stays quantized), quantized, or f32 (dequantize at load).
+    #[arg(long, default_value = "auto")]
+    weights: WeightFormat,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<models::LoadedModel> {
+        Ok(models::load(
+            &self.model,
+            LoadOptions {
+                weights: self.weights,
+            },
+        )?)
+    }
+}
+
+/// Engine limits.
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// KV cache size in MiB.
+    #[arg(long, default_value_t = 512)]
+    kv_cache_mb: usize,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Most sequences in one batch.
+    #[arg(long, default_value_t = 32)]
+    max_num_seqs: usize,
+    /// Most tokens computed per step (the chunked-prefill budget).
+    #[arg(long, default_value_t = 512)]
+    max_num_batched_tokens: usize,
+    /// Longest prompt + completion (0: the model's own limit).
+    #[arg(long, default_value_t = 0)]
+    max_model_len: usize,
+    /// Turn automatic prefix caching off.
+    #[arg(long)]
+    no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            kv_cache_mb: self.kv_cache_mb,
+            block_size: self.block_size,
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len: self.max_model_len,
+            enable_prefix_caching: !self.no_prefix_caching,
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as one user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep going past EOS.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print {"text", "token_ids", "finish_reason"} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to score.
+    #[arg(long)]
+    file: PathBuf,
+    /// Window size in tokens.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Print {"perplexity", "windows", "tokens_scored"} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// tiny or small.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Eval(EvalCommand::Perplexity(a)) => perplexity(a),
+        Command::Model(ModelCommand::Synth(a)) => synth(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn chat_prompt(loaded: &models::LoadedModel, user: &str) -> Result<String> {
+    let tok = &loaded.tokenizer;
+    let Some(source) = &tok.chat_template else {
+        bail!("{} has no chat template; drop --chat", loaded.name)
+    };
+    let template = ChatTemplate::new(source, tok.bos_token(), tok.eos_token())?;
+    Ok(template.render(&[ChatMessage::new("user", user)], true)?)
+}
+
+fn start_engine(loaded: models::LoadedModel, args: &EngineArgs) -> Result<Engine> {
+    start_llama_engine(loaded, &args.options()).map_err(anyhow::Error::msg)
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let text = if a.chat {
+        chat_prompt(&loaded, &a.prompt)?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt_tokens = loaded.tokenizer.encode(&text)?;
+    let engine = start_engine(loaded, &a.engine)?;
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+        ..SamplingParams::default()
+    };
+    let out = engine.generate(GenerateRequest {
+        prompt_tokens,
+        params,
+    })?;
+    if a.json {
+        let v = serde_json::json!({ "text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason.as_str() });
+        println!("{v}");
+    } else {
+        println!("{}", out.text);
+        eprintln!(
+            "[{} prompt + {} completion tokens, finish: {}]",
+            out.usage.prompt_tokens,
+            out.usage.completion_tokens,
+            out.finish_reason.as_str()
+        );
+    }
+    Ok(())
+}
+
+fn perplexity(a: PerplexityArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let tokens = loaded.tokenizer.encode(&text)?;
+    let bar = ProgressBar::new((tokens.len() / a.ctx.max(1)) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows, {elapsed} (eta {eta})")
+            .expect("valid template"),
+    );
+    bar.set_message("perplexity");
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = std::time::Instant::now();
+    let ppl = models::eval::perplexity(&loaded.model, &tokens, a.ctx, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        let v = serde_json::json!({ "perplexity": ppl.perplexity, "windows": ppl.windows, "tokens_scored": ppl.tokens_scored });
+        println!("{v}");
+    } else {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}: PPL = {:.4} over {} windows of {} ({} tokens scored; {:.1} tokens/s, weights {})",
+            loaded.name,
+            ppl.perplexity,
+            ppl.windows,
+            a.ctx,
+            ppl.tokens_scored,
+            (ppl.windows * a.ctx) as f64 / secs,
+            loaded.weights
+        );
+    }
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    let preset = models::synth::SynthPreset::by_name(&a.preset)?;
+    models::synth::write_synthetic_model(&a.out, &preset, a.seed)?;
+    println!("wrote a `{}` model to {}", a.preset, a.out.display());
+    Ok(())
+}

@@ -14,6 +14,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod eval;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;

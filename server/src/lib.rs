@@ -4,5 +4,7 @@
 
 pub mod block_manager;
 pub mod detokenizer;
+pub mod engine;
+pub mod runner;
 pub mod sampler;
 pub mod scheduler;

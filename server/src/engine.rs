@@ -1,0 +1,512 @@
+//! The engine: a step loop on its own thread that keeps many requests in
+//! flight (continuous batching), and a handle to talk to it.
+//!
+//! Each iteration drains new commands, asks the [`Scheduler`] what to run
+//! (decodes first, then prompt chunks, preempting when blocks run out), runs
+//! the model once for the whole batch, samples a token for every sequence
+//! whose chunk reached its end, and streams [`EngineEvent`]s to each
+//! request's channel. Requests join and leave at every step. The HTTP layer
+//! (and `sdlab generate`) sit on exactly this handle.
+
+use crate::block_manager::PrefixCacheStats;
+use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
+use crate::runner::{BatchSeq, ModelRunner};
+use crate::sampler::{SampledToken, Sampler, SamplingError, SamplingParams};
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use models::TokenizerInfo;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+pub type RequestId = SeqId;
+
+/// Limits of one engine (the CLI's `--kv-cache-mb`, `--max-num-seqs`, ...).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_model_len: usize,
+    pub enable_prefix_caching: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt_tokens: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// Aborted by the caller (or the caller went away).
+    Abort,
+    /// The model failed on this batch.
+    Error,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// A generated token and the text it completed (possibly empty while a
+    /// UTF-8 character or a possible stop string is still open).
+    Token {
+        token_id: u32,
+        text: String,
+        logprob: Option<SampledToken>,
+    },
+    /// The last event of a request; `text` is any held-back tail.
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        text: String,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum EngineError {
+    #[error(transparent)]
+    InvalidParams(#[from] SamplingError),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the engine has shut down")]
+    Shutdown,
+}
+
+/// A snapshot of the engine, refreshed after every step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub num_blocks: usize,
+    pub free_blocks: usize,
+    pub cached_free_blocks: usize,
+    pub kv_usage: f64,
+    pub prefix_cache: PrefixCacheStats,
+    pub preemptions: u64,
+    pub steps: u64,
+    pub prompt_tokens_computed: u64,
+    pub generation_tokens: u64,
+    pub requests_finished: u64,
+}
+
+/// Everything a finished request produced, for callers that do not stream.
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub logprobs: Vec<SampledToken>,
+}
+
+enum Command {
+    Add {
+        id: RequestId,
+        req: GenerateRequest,
+        events: UnboundedSender<EngineEvent>,
+        reply: mpsc::SyncSender<Result<(), EngineError>>,
+    },
+    Abort(RequestId),
+    Shutdown,
+}
+
+/// Handle to a running engine; dropping it stops the step loop.
+pub struct Engine {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+    next_id: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+    tokenizer: TokenizerInfo,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn start(
+        runner: Box<dyn ModelRunner>,
+        tokenizer: TokenizerInfo,
+        config: EngineConfig,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(EngineStats {
+            num_blocks: config.num_blocks,
+            free_blocks: config.num_blocks,
+            ..Default::default()
+        }));
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: config.max_num_seqs,
+            max_num_batched_tokens: config.max_num_batched_tokens,
+            max_model_len: config.max_model_len,
+            num_blocks: config.num_blocks,
+            block_size: config.block_size,
+            enable_prefix_caching: config.enable_prefix_caching,
+        });
+        let mut step_loop = StepLoop {
+            runner,
+            scheduler,
+            requests: HashMap::new(),
+            tokenizer: tokenizer.clone(),
+            stats: stats.clone(),
+            counters: EngineStats::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sdlab-engine".into())
+            .spawn(move || step_loop.run(rx))
+            .expect("spawning the engine thread");
+        Self {
+            commands: tx,
+            stats,
+            next_id: AtomicU64::new(1),
+            thread: Some(thread),
+            tokenizer,
+            config,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &TokenizerInfo {
+        &self.tokenizer
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Queues a request; its events arrive on the returned receiver.
+    /// Invalid parameters and requests that can never fit are rejected here.
+    pub fn add_request(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<(RequestId, UnboundedReceiver<EngineEvent>), EngineError> {
+        req.params.validate()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events, rx) = unbounded_channel();
+        let (reply, reply_rx) = mpsc::sync_channel(1);
+        self.commands
+            .send(Command::Add {
+                id,
+                req,
+                events,
+                reply,
+            })
+            .map_err(|_| EngineError::Shutdown)?;
+        reply_rx.recv().map_err(|_| EngineError::Shutdown)??;
+        Ok((id, rx))
+    }
+
+    /// Stops a request; it finishes with [`FinishReason::Abort`].
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.commands.send(Command::Abort(id));
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Runs one request to the end (blocking).
+    pub fn generate(&self, req: GenerateRequest) -> Result<GenerateOutput, EngineError> {
+        let (_, mut rx) = self.add_request(req)?;
+        collect(&mut rx)
+    }
+}
+
+/// Drains a request's events into a [`GenerateOutput`] (blocking).
+pub fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> Result<GenerateOutput, EngineError> {
+    let mut out = GenerateOutput {
+        token_ids: vec![],
+        text: String::new(),
+        finish_reason: FinishReason::Abort,
+        usage: Usage::default(),
+        logprobs: vec![],
+    };
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            EngineEvent::Token {
+                token_id,
+                text,
+                logprob,
+            } => {
+                out.token_ids.push(token_id);
+                out.text.push_str(&text);
+                out.logprobs.extend(logprob);
+            }
+            EngineEvent::Finished {
+                reason,
+                usage,
+                text,
+                error,
+            } => {
+                out.text.push_str(&text);
+                out.finish_reason = reason;
+                out.usage = usage;
+                if let Some(e) = error {
+                    return Err(EngineError::Rejected(e));
+                }
+                return Ok(out);
+            }
+        }
+    }
+    Err(EngineError::Shutdown)
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Per-request state the step loop keeps beside the scheduler's sequence.
+struct RequestState {
+    sampler: Sampler,
+    detok: IncrementalDetokenizer,
+    stops: StopMatcher,
+    events: UnboundedSender<EngineEvent>,
+    prompt_len: usize,
+    generated: usize,
+}
+
+struct StepLoop {
+    runner: Box<dyn ModelRunner>,
+    scheduler: Scheduler,
+    requests: HashMap<RequestId, RequestState>,
+    tokenizer: TokenizerInfo,
+    stats: Arc<Mutex<EngineStats>>,
+    counters: EngineStats,
+}
+
+impl StepLoop {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            if !self.scheduler.has_work() {
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                if !self.handle(cmd) {
+                    return;
+                }
+            }
+            if self.scheduler.has_work() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add {
+                id,
+                req,
+                events,
+                reply,
+            } => {
+                let params = req.params;
+                let result = self
+                    .scheduler
+                    .add(id, req.prompt_tokens.clone(), params.max_tokens, None)
+                    .map_err(|e| EngineError::Rejected(e.to_string()));
+                if result.is_ok() {
+                    let detok = IncrementalDetokenizer::new(
+                        self.tokenizer.tokenizer.clone(),
+                        &req.prompt_tokens,
+                        true,
+                    );
+                    let stops = StopMatcher::new(params.stop.clone());
+                    let sampler = Sampler::new(params, &req.prompt_tokens);
+                    self.requests.insert(
+                        id,
+                        RequestState {
+                            sampler,
+                            detok,
+                            stops,
+                            events,
+                            prompt_len: req.prompt_tokens.len(),
+                            generated: 0,
+                        },
+                    );
+                }
+                let _ = reply.send(result);
+                true
+            }
+            Command::Abort(id) => {
+                self.finish(id, FinishReason::Abort, None);
+                true
+            }
+            Command::Shutdown => {
+                let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+                for id in ids {
+                    self.finish(id, FinishReason::Abort, None);
+                }
+                false
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let out = self.scheduler.schedule();
+        if out.scheduled.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(out.scheduled.len());
+        for s in &out.scheduled {
+            let seq = self.scheduler.get(s.id).expect("scheduled sequence exists");
+            batch.push(BatchSeq {
+                tokens: seq.tokens[s.start..s.start + s.len].to_vec(),
+                start: s.start,
+                block_table: seq.blocks.block_table.clone(),
+                wants_logits: s.samples,
+            });
+            if s.start < seq.prompt_len {
+                self.counters.prompt_tokens_computed +=
+                    (s.start + s.len).min(seq.prompt_len) as u64 - s.start as u64;
+            }
+        }
+        let logits = match self.runner.forward(&batch) {
+            Ok(l) => l,
+            Err(e) => {
+                for s in &out.scheduled {
+                    self.finish(s.id, FinishReason::Error, Some(format!("model error: {e}")));
+                }
+                return;
+            }
+        };
+        self.counters.steps += 1;
+        let vocab = self.runner.vocab_size();
+        let mut sampled = Vec::new();
+        let mut rows = logits.chunks_exact(vocab);
+        for s in out.scheduled.iter().filter(|s| s.samples) {
+            let row = rows.next().expect("one logits row per sampling sequence");
+            if let Some(state) = self.requests.get_mut(&s.id) {
+                let tok = state.sampler.sample(row);
+                sampled.push((s.id, tok));
+            }
+        }
+        let ids: Vec<(SeqId, u32)> = sampled.iter().map(|(id, t)| (*id, t.token_id)).collect();
+        self.scheduler.on_step_done(&out, &ids);
+        for (id, tok) in sampled {
+            self.counters.generation_tokens += 1;
+            self.emit(id, tok);
+        }
+    }
+
+    /// Handles one sampled token: stop conditions, text, events.
+    fn emit(&mut self, id: RequestId, tok: SampledToken) {
+        let eos = &self.tokenizer.eos_token_ids;
+        let Some(state) = self.requests.get_mut(&id) else {
+            return;
+        };
+        state.generated += 1;
+        let params = state.sampler.params();
+        let is_stop_token = (!params.ignore_eos && eos.contains(&tok.token_id))
+            || params.stop_token_ids.contains(&tok.token_id);
+        let at_limit = state.generated >= params.max_tokens;
+        let logprob = params.logprobs.map(|_| tok.clone());
+        if is_stop_token {
+            self.finish(id, FinishReason::Stop, None);
+            return;
+        }
+        let piece = state.detok.push(tok.token_id);
+        let (text, matched) = state.stops.push(&piece);
+        let gone = state
+            .events
+            .send(EngineEvent::Token {
+                token_id: tok.token_id,
+                text,
+                logprob,
+            })
+            .is_err();
+        if gone {
+            self.finish(id, FinishReason::Abort, None);
+        } else if matched.is_some() {
+            self.finish(id, FinishReason::Stop, None);
+        } else if at_limit {
+            self.finish(id, FinishReason::Length, None);
+        }
+    }
+
+    /// Removes a request everywhere (freeing its blocks) and sends its last event.
+    fn finish(&mut self, id: RequestId, reason: FinishReason, error: Option<String>) {
+        let seq = self.scheduler.remove(id);
+        let Some(mut state) = self.requests.remove(&id) else {
+            return;
+        };
+        // Release held-back text (an open UTF-8 tail, a partial stop-string
+        // match); after a stop string matched, the matcher returns nothing.
+        let tail = state.detok.finish();
+        let (emit, _) = state.stops.push(&tail);
+        let text = emit + &state.stops.flush();
+        let cached_tokens = seq
+            .map(|s| s.num_cached_tokens.min(s.prompt_len))
+            .unwrap_or(0);
+        let usage = Usage {
+            prompt_tokens: state.prompt_len,
+            completion_tokens: state.generated,
+            total_tokens: state.prompt_len + state.generated,
+            cached_tokens,
+        };
+        self.counters.requests_finished += 1;
+        self.publish_stats();
+        let _ = state.events.send(EngineEvent::Finished {
+            reason,
+            usage,
+            text,
+            error,
+        });
+    }
+
+    fn publish_stats(&self) {
+        let bm = self.scheduler.block_manager();
+        let snapshot = EngineStats {
+            running: self.scheduler.num_running(),
+            waiting: self.scheduler.num_waiting(),
+            num_blocks: bm.num_blocks(),
+            free_blocks: bm.num_free_blocks(),
+            cached_free_blocks: bm.num_cached_free_blocks(),
+            kv_usage: bm.usage(),
+            prefix_cache: bm.stats(),
+            preemptions: self.scheduler.num_preemptions(),
+            ..self.counters.clone()
+        };
+        if let Ok(mut s) = self.stats.lock() {
+            *s = snapshot;
+        }
+    }
+}

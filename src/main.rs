@@ -9,6 +9,9 @@ use server::runner::{start_llama_engine, EngineOptions};
 use server::sampler::SamplingParams;
 use std::path::PathBuf;
 
+mod bench_model;
+mod chat;
+
 #[derive(Parser)]
 #[command(
     name = "sdlab",
@@ -24,6 +27,11 @@ struct Cli {
 enum Command {
     /// Generate a completion for one prompt (continuous-batching engine, one request).
     Generate(GenerateArgs),
+    /// Chat with a model in the terminal (streams tokens as they come).
+    Chat(ChatArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -36,6 +44,46 @@ enum Command {
 enum EvalCommand {
     /// Perplexity over a text file, llama.cpp's `llama-perplexity` method.
     Perplexity(PerplexityArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Raw model speed: prefill and batched decode, quantized against f32 weights.
+    Model(BenchModelArgs),
+}
+
+#[derive(Args)]
+struct BenchModelArgs {
+    /// A GGUF file, a Hugging Face folder, or a known name.
+    #[arg(long, default_value = models::loader::DEFAULT_MODEL)]
+    model: String,
+    /// Weight formats to compare (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "quantized,f32")]
+    weights: Vec<WeightFormat>,
+    /// Decode batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Decode steps per batch size.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +217,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat_cmd(a),
+        Command::Bench(BenchCommand::Model(a)) => bench_model_cmd(a),
         Command::Eval(EvalCommand::Perplexity(a)) => perplexity(a),
         Command::Model(ModelCommand::Synth(a)) => synth(a),
     };
@@ -272,5 +322,48 @@ fn synth(a: SynthArgs) -> Result<()> {
     let preset = models::synth::SynthPreset::by_name(&a.preset)?;
     models::synth::write_synthetic_model(&a.out, &preset, a.seed)?;
     println!("wrote a `{}` model to {}", a.preset, a.out.display());
+    Ok(())
+}
+
+fn chat_cmd(a: ChatArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let name = loaded.name.clone();
+    let engine = start_engine(loaded, &a.engine)?;
+    let params = SamplingParams {
+        temperature: a.temperature,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        ..SamplingParams::default()
+    };
+    chat::run(&engine, &name, params)
+}
+
+fn bench_model_cmd(a: BenchModelArgs) -> Result<()> {
+    if a.prompt_len == 0 || a.steps == 0 || a.batch.contains(&0) {
+        bail!("--prompt-len, --steps and every --batch must be positive");
+    }
+    let rows = bench_model::run(&a.model, &a.weights, &a.batch, a.prompt_len, a.steps)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>10} {:>16} decode tok/s by batch size",
+        "weights", "weight MB", "prefill tok/s"
+    );
+    for r in &rows {
+        let decode: Vec<String> = r
+            .decode
+            .iter()
+            .map(|(b, t)| format!("B={b}: {t:.1}"))
+            .collect();
+        println!(
+            "{:<10} {:>10.1} {:>16.1} {}",
+            r.weights,
+            r.weight_mb,
+            r.prefill_tokens_per_s,
+            decode.join("  ")
+        );
+    }
     Ok(())
 }

@@ -182,7 +182,7 @@ fn validate(
     out: &[f32],
 ) -> Result<()> {
     let width = num_heads * layout.head_dim;
-    if layout.num_kv_heads == 0 || num_heads % layout.num_kv_heads != 0 {
+    if layout.num_kv_heads == 0 || !num_heads.is_multiple_of(layout.num_kv_heads) {
         return Err(shape_err(
             "paged_attention",
             format!(
@@ -191,7 +191,7 @@ fn validate(
             ),
         ));
     }
-    if q.len() % width != 0 || out.len() != q.len() {
+    if !q.len().is_multiple_of(width) || out.len() != q.len() {
         return Err(shape_err(
             "paged_attention",
             "q/out are not [tokens, num_heads*head_dim]",

@@ -49,7 +49,7 @@ pub struct Q4_1Matrix {
 impl Q4_1Matrix {
     /// From the raw bytes of a GGUF tensor.
     pub fn from_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {
-        if k % QK != 0 || bytes.len() != n * k / QK * 20 {
+        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * 20 {
             return Err(shape_err(
                 "q4_1",
                 format!("{} bytes is not a {n}x{k} Q4_1 matrix", bytes.len()),
@@ -72,7 +72,7 @@ impl Q4_1Matrix {
 
     /// Quantizes f32 weights (the reference direction, for tests).
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Result<Self> {
-        if k % QK != 0 || w.len() != n * k {
+        if !k.is_multiple_of(QK) || w.len() != n * k {
             return Err(shape_err(
                 "q4_1",
                 "weights are not n x k with k a multiple of 32",

@@ -1,0 +1,48 @@
+# sdlab: `make run` serves the default model, `make test` runs the whole suite.
+# Both do all set-up on a fresh machine.
+
+CARGO      ?= cargo
+SDLAB_CACHE_DIR ?= .cache
+export SDLAB_CACHE_DIR
+RELEASE    := target/release/sdlab
+MODEL      ?= smollm2-135m-instruct
+PROMPT     ?= What is the capital of France?
+
+.PHONY: all build run test models bench clean lint fmt check
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## Fetch the real models and data into .cache/ (idempotent, checksummed).
+models:
+	./scripts/fetch-models.sh
+
+## Build, fetch the default model, and run it. (The HTTP server is not built
+## yet; until it lands this starts an interactive chat on the engine.)
+run: models build
+	$(RELEASE) chat --model $(MODEL)
+
+## Everything the suite needs, then the suite (real-model checks included).
+test: models
+	SDLAB_REQUIRE_REAL_MODELS=1 $(CARGO) test --workspace --all-targets
+	SDLAB_REQUIRE_REAL_MODELS=1 $(CARGO) test --workspace --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+check: lint test
+
+## Speed of the default model: single-stream decode and prompt processing,
+## quantized against f32 weights (see docs/BENCHMARKS.md).
+bench: models build
+	$(RELEASE) bench model --model $(MODEL)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(SDLAB_CACHE_DIR)/dl

@@ -25,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// Generate a completion for one prompt (continuous-batching engine, one request).
     Generate(GenerateArgs),
     /// Chat with a model in the terminal (streams tokens as they come).
@@ -151,6 +153,30 @@ impl EngineArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model name clients use (default: the --model name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Most requests waiting for a seat before new ones get 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on /v1 routes (or set SDLAB_API_KEY).
+    #[arg(long, env = "SDLAB_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 8)]
+    max_body_mb: usize,
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -216,6 +242,7 @@ struct SynthArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => serve(a),
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat_cmd(a),
         Command::Bench(BenchCommand::Model(a)) => bench_model_cmd(a),
@@ -366,4 +393,49 @@ fn bench_model_cmd(a: BenchModelArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let loaded = a.model.load()?;
+    let (name, weights, layers) = (
+        loaded.name.clone(),
+        loaded.weights,
+        loaded.model.cfg.num_layers,
+    );
+    let engine = start_engine(loaded, &a.engine)?;
+    let cfg = engine.config().clone();
+    let served = a.served_model_name.clone().unwrap_or(name.clone());
+    let config = server::http::ServerConfig {
+        served_model_name: served.clone(),
+        api_key: a.api_key.clone(),
+        max_queue: a.max_queue,
+        body_limit: a.max_body_mb << 20,
+    };
+    let state = server::http::AppState::new(engine, config).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tracing::info!(
+            "serving {name} as `{served}` ({layers} layers, {weights} weights); KV cache {} MiB = {} blocks x {} = {} tokens; max {} seqs, {} batched tokens, context {}; {url}/v1",
+            a.engine.kv_cache_mb,
+            cfg.num_blocks,
+            cfg.block_size,
+            cfg.num_blocks * cfg.block_size,
+            cfg.max_num_seqs,
+            cfg.max_num_batched_tokens,
+            cfg.max_model_len
+        );
+        server::http::serve(listener, state, server::http::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
 }

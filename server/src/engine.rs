@@ -20,8 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 pub type RequestId = SeqId;
+
+/// Where a request's events arrive.
+pub type EventReceiver = UnboundedReceiver<EngineEvent>;
 
 /// Limits of one engine (the CLI's `--kv-cache-mb`, `--max-num-seqs`, ...).
 #[derive(Debug, Clone)]
@@ -133,7 +137,7 @@ enum Command {
         id: RequestId,
         req: GenerateRequest,
         events: UnboundedSender<EngineEvent>,
-        reply: mpsc::SyncSender<Result<(), EngineError>>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Abort(RequestId),
     Shutdown,
@@ -201,14 +205,41 @@ impl Engine {
 
     /// Queues a request; its events arrive on the returned receiver.
     /// Invalid parameters and requests that can never fit are rejected here.
+    /// Blocking: async callers use [`Self::add_request_async`].
     pub fn add_request(
         &self,
         req: GenerateRequest,
-    ) -> Result<(RequestId, UnboundedReceiver<EngineEvent>), EngineError> {
+    ) -> Result<(RequestId, EventReceiver), EngineError> {
+        let (id, rx, reply) = self.send_add(req)?;
+        reply.blocking_recv().map_err(|_| EngineError::Shutdown)??;
+        Ok((id, rx))
+    }
+
+    /// [`Self::add_request`] for async callers.
+    pub async fn add_request_async(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<(RequestId, EventReceiver), EngineError> {
+        let (id, rx, reply) = self.send_add(req)?;
+        reply.await.map_err(|_| EngineError::Shutdown)??;
+        Ok((id, rx))
+    }
+
+    fn send_add(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<
+        (
+            RequestId,
+            EventReceiver,
+            oneshot::Receiver<Result<(), EngineError>>,
+        ),
+        EngineError,
+    > {
         req.params.validate()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = unbounded_channel();
-        let (reply, reply_rx) = mpsc::sync_channel(1);
+        let (reply, reply_rx) = oneshot::channel();
         self.commands
             .send(Command::Add {
                 id,
@@ -217,8 +248,7 @@ impl Engine {
                 reply,
             })
             .map_err(|_| EngineError::Shutdown)?;
-        reply_rx.recv().map_err(|_| EngineError::Shutdown)??;
-        Ok((id, rx))
+        Ok((id, rx, reply_rx))
     }
 
     /// Stops a request; it finishes with [`FinishReason::Abort`].

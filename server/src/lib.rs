@@ -5,6 +5,7 @@
 pub mod block_manager;
 pub mod detokenizer;
 pub mod engine;
+pub mod http;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;

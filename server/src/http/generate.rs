@@ -1,0 +1,512 @@
+//! Running a validated request on the engine and writing OpenAI's response:
+//! one JSON body, or server-sent events in OpenAI's chunk format ending with
+//! `data: [DONE]`.
+//!
+//! A request becomes one engine request per prompt and choice (`n`). An
+//! [`Inflight`] guard aborts whatever is still running when the response is
+//! dropped, so a client that disconnects frees its KV blocks at once.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::{
+    Engine, EngineEvent, EventReceiver, FinishReason, GenerateRequest, RequestId, Usage,
+};
+use crate::sampler::{SampledToken, SamplingParams};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completion,
+    Chat,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_request_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:016x}",
+        NEXT_ID.fetch_add(1, Ordering::Relaxed) ^ 0x5d1a_b000_0000_0000
+    )
+}
+
+/// A request ready to run: prompts, each with its sampling parameters.
+pub struct Job {
+    endpoint: Endpoint,
+    prompts: Vec<(Vec<u32>, SamplingParams)>,
+    n: usize,
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl Job {
+    /// Checks the prompts against the vocabulary and the context length and
+    /// fills in `max_tokens` (`None`: up to the context limit).
+    pub fn new(
+        st: &AppState,
+        endpoint: Endpoint,
+        prompts: Vec<Vec<u32>>,
+        param: &'static str,
+        params: SamplingParams,
+        max_tokens: Option<u32>,
+        n: u32,
+    ) -> Result<Self, ApiError> {
+        let vocab = st.engine.tokenizer().vocab_size().max(1);
+        let max_len = st.engine.config().max_model_len;
+        if prompts.is_empty() {
+            return Err(ApiError::bad(format!("`{param}` must not be empty"), param));
+        }
+        let mut out = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            if p.is_empty() {
+                return Err(ApiError::bad(format!("`{param}` must not be empty"), param));
+            }
+            if let Some(bad) = p.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::bad(
+                    format!("token id {bad} in `{param}` is outside the vocabulary of {vocab}"),
+                    param,
+                ));
+            }
+            if p.len() >= max_len {
+                return Err(ApiError::bad(
+                    format!(
+                        "`{param}` has {} tokens; this model's context is {max_len}",
+                        p.len()
+                    ),
+                    param,
+                ));
+            }
+            let room = max_len - p.len();
+            let max_tokens = match max_tokens {
+                Some(0) => return Err(ApiError::bad("`max_tokens` must be at least 1", "max_tokens")),
+                Some(m) if m as usize > room => {
+                    return Err(ApiError::bad(
+                        format!("{} prompt tokens + max_tokens {m} exceed this model's context of {max_len} tokens", p.len()),
+                        "max_tokens",
+                    ))
+                }
+                Some(m) => m as usize,
+                None => room,
+            };
+            out.push((
+                p,
+                SamplingParams {
+                    max_tokens,
+                    ..params.clone()
+                },
+            ));
+        }
+        let prefix = if endpoint == Endpoint::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
+        Ok(Self {
+            endpoint,
+            prompts: out,
+            n: n as usize,
+            id: next_request_id(prefix),
+            model: st.config.served_model_name.clone(),
+            created: st.created,
+        })
+    }
+
+    fn choices(&self) -> usize {
+        self.prompts.len() * self.n
+    }
+
+    pub async fn run(self, st: Arc<AppState>, stream: bool, include_usage: bool) -> Response {
+        let waiting = st.engine.stats().waiting;
+        if waiting + self.choices() > st.config.max_queue {
+            return ApiError::QueueFull { waiting }.into_response();
+        }
+        let started = Instant::now();
+        let mut guard = Inflight {
+            engine: st.engine.clone(),
+            ids: vec![],
+        };
+        let mut receivers = Vec::with_capacity(self.choices());
+        for (prompt, params) in &self.prompts {
+            for j in 0..self.n {
+                let params = SamplingParams {
+                    seed: params.seed.map(|s| s.wrapping_add(j as u64)),
+                    ..params.clone()
+                };
+                match st
+                    .engine
+                    .add_request_async(GenerateRequest {
+                        prompt_tokens: prompt.clone(),
+                        params,
+                    })
+                    .await
+                {
+                    Ok((id, rx)) => {
+                        guard.ids.push(id);
+                        receivers.push(rx);
+                    }
+                    Err(e) => return ApiError::from(e).into_response(),
+                }
+            }
+        }
+        if stream {
+            self.stream(st, guard, receivers, include_usage, started)
+                .into_response()
+        } else {
+            self.whole(st, guard, receivers, started).await
+        }
+    }
+
+    async fn whole(
+        self,
+        st: Arc<AppState>,
+        mut guard: Inflight,
+        receivers: Vec<EventReceiver>,
+        started: Instant,
+    ) -> Response {
+        let outs = futures_util::future::join_all(
+            receivers.into_iter().map(|rx| collect_choice(rx, started)),
+        )
+        .await;
+        guard.ids.clear();
+        let tok = st.engine.tokenizer();
+        let mut choices = Vec::new();
+        let mut usage = Usage::default();
+        for (i, out) in outs.into_iter().enumerate() {
+            st.metrics.request_finished(
+                out.reason,
+                &out.usage,
+                out.ttft,
+                started.elapsed().as_secs_f64(),
+            );
+            if out.reason == FinishReason::Error {
+                return ApiError::Internal(out.error.unwrap_or_else(|| "generation failed".into()))
+                    .into_response();
+            }
+            add_usage(&mut usage, &out.usage, i % self.n == 0);
+            let logprobs = self.prompts[0]
+                .1
+                .logprobs
+                .map(|_| logprobs_json(self.endpoint, tok, &out.logprobs));
+            choices.push(match self.endpoint {
+                Endpoint::Completion => json!({ "index": i, "text": out.text, "logprobs": logprobs, "finish_reason": out.reason.as_str() }),
+                Endpoint::Chat => json!({
+                    "index": i,
+                    "message": { "role": "assistant", "content": out.text },
+                    "logprobs": logprobs,
+                    "finish_reason": out.reason.as_str(),
+                }),
+            });
+        }
+        tracing::info!(
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "finished"
+        );
+        let object = if self.endpoint == Endpoint::Chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        Json(json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices, "usage": usage_json(&usage) })).into_response()
+    }
+
+    fn stream(
+        self,
+        st: Arc<AppState>,
+        guard: Inflight,
+        receivers: Vec<EventReceiver>,
+        include_usage: bool,
+        started: Instant,
+    ) -> impl IntoResponse {
+        let n_choices = receivers.len();
+        let merged = stream::select_all(receivers.into_iter().enumerate().map(|(i, rx)| {
+            stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+            )
+            .map(move |ev| (i, ev))
+            .boxed()
+        }));
+        let state = StreamState {
+            job: self,
+            st,
+            _inflight: guard,
+            merged: Box::pin(merged),
+            first: vec![None; n_choices],
+            usage: Usage::default(),
+            finished: 0,
+            include_usage,
+            started,
+            done: false,
+        };
+        let events = stream::unfold(state, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let batch = s.next_events().await;
+            Some((
+                stream::iter(batch.into_iter().map(Ok::<Event, std::convert::Infallible>)),
+                s,
+            ))
+        })
+        .flatten();
+        Sse::new(events)
+    }
+}
+
+/// Aborts the engine requests still in flight when dropped.
+struct Inflight {
+    engine: Arc<Engine>,
+    ids: Vec<RequestId>,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        for &id in &self.ids {
+            self.engine.abort(id);
+        }
+    }
+}
+
+struct ChoiceOutput {
+    text: String,
+    logprobs: Vec<SampledToken>,
+    reason: FinishReason,
+    usage: Usage,
+    ttft: Option<f64>,
+    error: Option<String>,
+}
+
+async fn collect_choice(mut rx: EventReceiver, started: Instant) -> ChoiceOutput {
+    let mut out = ChoiceOutput {
+        text: String::new(),
+        logprobs: vec![],
+        reason: FinishReason::Abort,
+        usage: Usage::default(),
+        ttft: None,
+        error: None,
+    };
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            EngineEvent::Token { text, logprob, .. } => {
+                out.ttft
+                    .get_or_insert_with(|| started.elapsed().as_secs_f64());
+                out.text.push_str(&text);
+                out.logprobs.extend(logprob);
+            }
+            EngineEvent::Finished {
+                reason,
+                usage,
+                text,
+                error,
+            } => {
+                out.text.push_str(&text);
+                out.reason = reason;
+                out.usage = usage;
+                out.error = error;
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Sums usage over choices; a prompt shared by `n` choices counts once.
+fn add_usage(total: &mut Usage, u: &Usage, count_prompt: bool) {
+    if count_prompt {
+        total.prompt_tokens += u.prompt_tokens;
+        total.cached_tokens += u.cached_tokens;
+    }
+    total.completion_tokens += u.completion_tokens;
+    total.total_tokens = total.prompt_tokens + total.completion_tokens;
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
+    })
+}
+
+fn token_text(tok: &models::TokenizerInfo, id: u32) -> String {
+    tok.tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// OpenAI's logprobs object for a run of tokens.
+fn logprobs_json(
+    endpoint: Endpoint,
+    tok: &models::TokenizerInfo,
+    tokens: &[SampledToken],
+) -> Value {
+    match endpoint {
+        Endpoint::Completion => {
+            let mut offset = 0;
+            let (mut texts, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+            for t in tokens {
+                let text = token_text(tok, t.token_id);
+                offsets.push(offset);
+                offset += text.len();
+                texts.push(text);
+                lps.push(t.logprob);
+                let top: serde_json::Map<String, Value> = t
+                    .top_logprobs
+                    .iter()
+                    .map(|a| (token_text(tok, a.token_id), json!(a.logprob)))
+                    .collect();
+                tops.push(top);
+            }
+            json!({ "tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets })
+        }
+        Endpoint::Chat => {
+            let entry = |id: u32, lp: Option<f32>| {
+                let text = token_text(tok, id);
+                json!({ "token": text, "logprob": lp, "bytes": text.as_bytes() })
+            };
+            let content: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut e = entry(t.token_id, t.logprob);
+                    e["top_logprobs"] = t
+                        .top_logprobs
+                        .iter()
+                        .map(|a| entry(a.token_id, Some(a.logprob)))
+                        .collect();
+                    e
+                })
+                .collect();
+            json!({ "content": content })
+        }
+    }
+}
+
+struct StreamState {
+    job: Job,
+    st: Arc<AppState>,
+    /// Held for its `Drop`: aborts what is still running if the client goes away.
+    _inflight: Inflight,
+    merged: std::pin::Pin<Box<dyn futures_util::Stream<Item = (usize, EngineEvent)> + Send>>,
+    /// Time to first token per choice, once seen.
+    first: Vec<Option<f64>>,
+    usage: Usage,
+    finished: usize,
+    include_usage: bool,
+    started: Instant,
+    done: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, choice: Value) -> Event {
+        let object = if self.job.endpoint == Endpoint::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let mut body = json!({ "id": self.job.id, "object": object, "created": self.job.created, "model": self.job.model, "choices": [choice] });
+        if self.include_usage {
+            body["usage"] = Value::Null;
+        }
+        Event::default().data(body.to_string())
+    }
+
+    fn choice(
+        &self,
+        index: usize,
+        text: &str,
+        logprobs: Option<Value>,
+        finish: Option<&str>,
+        role: bool,
+    ) -> Value {
+        match self.job.endpoint {
+            Endpoint::Completion => {
+                json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish })
+            }
+            Endpoint::Chat => {
+                let delta = match (role, text.is_empty()) {
+                    (true, _) => json!({ "role": "assistant", "content": text }),
+                    (false, false) => json!({ "content": text }),
+                    (false, true) => json!({}),
+                };
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
+            }
+        }
+    }
+
+    /// The SSE events for the next engine event (or the closing ones).
+    async fn next_events(&mut self) -> Vec<Event> {
+        let Some((i, ev)) = self.merged.next().await else {
+            return self.close();
+        };
+        let tok = self.st.engine.tokenizer();
+        match ev {
+            EngineEvent::Token { text, logprob, .. } => {
+                let role = self.first[i].is_none() && self.job.endpoint == Endpoint::Chat;
+                self.first[i].get_or_insert_with(|| self.started.elapsed().as_secs_f64());
+                let lp = logprob.map(|l| logprobs_json(self.job.endpoint, tok, &[l]));
+                if text.is_empty() && lp.is_none() && !role {
+                    return vec![];
+                }
+                vec![self.chunk(self.choice(i, &text, lp, None, role))]
+            }
+            EngineEvent::Finished {
+                reason,
+                usage,
+                text,
+                error,
+            } => {
+                self.finished += 1;
+                self.st.metrics.request_finished(
+                    reason,
+                    &usage,
+                    self.first[i],
+                    self.started.elapsed().as_secs_f64(),
+                );
+                add_usage(&mut self.usage, &usage, i % self.job.n == 0);
+                let mut out = Vec::new();
+                if let Some(e) = error {
+                    out.push(Event::default().data(json!({ "error": { "message": e, "type": "server_error", "param": null, "code": null } }).to_string()));
+                }
+                let role = self.first[i].is_none() && self.job.endpoint == Endpoint::Chat;
+                out.push(self.chunk(self.choice(i, &text, None, Some(reason.as_str()), role)));
+                if self.finished == self.first.len() {
+                    out.extend(self.close());
+                }
+                out
+            }
+        }
+    }
+
+    fn close(&mut self) -> Vec<Event> {
+        if self.done {
+            return vec![];
+        }
+        self.done = true;
+        tracing::info!(
+            prompt_tokens = self.usage.prompt_tokens,
+            completion_tokens = self.usage.completion_tokens,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "finished (stream)"
+        );
+        let mut out = Vec::new();
+        if self.include_usage {
+            let object = if self.job.endpoint == Endpoint::Chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            };
+            let body = json!({ "id": self.job.id, "object": object, "created": self.job.created, "model": self.job.model, "choices": [], "usage": usage_json(&self.usage) });
+            out.push(Event::default().data(body.to_string()));
+        }
+        out.push(Event::default().data("[DONE]"));
+        out
+    }
+}

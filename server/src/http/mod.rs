@@ -1,0 +1,305 @@
+//! The OpenAI-compatible HTTP API on axum.
+//!
+//! Routes: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
+//! `POST /v1/chat/completions`, `GET /metrics`. Handlers parse and validate,
+//! turn the request into engine requests, and hand the rest to [`generate`].
+//! Every error goes through [`error::ApiError`], the one place that picks a
+//! status and writes OpenAI's error body.
+
+pub mod error;
+mod generate;
+pub mod metrics;
+pub mod openai;
+
+use crate::engine::Engine;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::ApiError;
+use generate::{Endpoint, Job};
+use models::ChatTemplate;
+use openai::{ChatRequest, CompletionRequest, PromptInput};
+use std::future::Future;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Server-level settings (the engine's own are in its config).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub served_model_name: String,
+    pub api_key: Option<String>,
+    /// Most requests waiting for a batch seat before new ones get 429.
+    pub max_queue: usize,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+}
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub config: ServerConfig,
+    pub metrics: metrics::Metrics,
+    template: Option<ChatTemplate>,
+    created: u64,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: ServerConfig) -> Result<Arc<Self>, String> {
+        let tok = engine.tokenizer();
+        let template = match &tok.chat_template {
+            Some(src) => Some(
+                ChatTemplate::new(src, tok.bos_token(), tok.eos_token())
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(Arc::new(Self {
+            engine: Arc::new(engine),
+            config,
+            metrics: metrics::Metrics::new(),
+            template,
+            created,
+        }))
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests (streams included) finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: no new requests, finishing the ones in flight");
+}
+
+async fn require_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.config.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound { message: "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics".into(), param: None }
+}
+
+async fn list_models(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": st.config.served_model_name,
+            "object": "model",
+            "created": st.created,
+            "owned_by": "sdlab",
+            "max_model_len": st.engine.config().max_model_len,
+        }],
+    }))
+}
+
+async fn metrics_page(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let text = st.metrics.render(&st.engine.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: st.config.body_limit,
+            }
+        } else {
+            ApiError::bad(
+                format!("could not read the request body: {}", r.body_text()),
+                None,
+            )
+        }
+    })
+}
+
+fn check_model(st: &AppState, model: &Option<String>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if m != &st.config.served_model_name => Err(ApiError::NotFound {
+            message: format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                st.config.served_model_name
+            ),
+            param: Some("model".into()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    _headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        id = generate::next_request_id("cmpl"),
+        endpoint = "completions"
+    );
+    async move {
+        let result = async {
+            let body = body_bytes(&st, body)?;
+            let req: CompletionRequest = openai::parse(&body)?;
+            check_model(&st, &req.model)?;
+            if req.echo.unwrap_or(false) {
+                return Err(ApiError::bad("`echo` is not supported", "echo"));
+            }
+            let tok = st.engine.tokenizer();
+            let encode = |t: &str| {
+                tok.encode(t)
+                    .map_err(|e| ApiError::bad(e.to_string(), "prompt"))
+            };
+            let prompts: Vec<Vec<u32>> = match &req.prompt {
+                PromptInput::Text(t) => vec![encode(t)?],
+                PromptInput::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+                PromptInput::Tokens(ids) => vec![ids.clone()],
+                PromptInput::TokenBatches(b) => b.clone(),
+            };
+            let (params, n) = req.knobs().sampling()?;
+            let job = Job::new(
+                &st,
+                Endpoint::Completion,
+                prompts,
+                "prompt",
+                params,
+                req.max_tokens.or(Some(16)),
+                n,
+            )?;
+            Ok(job
+                .run(
+                    st.clone(),
+                    req.stream.unwrap_or(false),
+                    req.stream_options.map(|o| o.include_usage).unwrap_or(false),
+                )
+                .await)
+        }
+        .await;
+        result.unwrap_or_else(IntoResponse::into_response)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    _headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        id = generate::next_request_id("chatcmpl"),
+        endpoint = "chat"
+    );
+    async move {
+        let result = async {
+            let body = body_bytes(&st, body)?;
+            let req: ChatRequest = openai::parse(&body)?;
+            check_model(&st, &req.model)?;
+            let Some(template) = &st.template else {
+                return Err(ApiError::bad(
+                    "this model has no chat template; use /v1/completions",
+                    "messages",
+                ));
+            };
+            let text = template
+                .render(&req.messages()?, true)
+                .map_err(|e| ApiError::bad(e.to_string(), "messages"))?;
+            let prompt = st
+                .engine
+                .tokenizer()
+                .encode(&text)
+                .map_err(|e| ApiError::bad(e.to_string(), "messages"))?;
+            let knobs = req.knobs()?;
+            let (params, n) = knobs.sampling()?;
+            let job = Job::new(
+                &st,
+                Endpoint::Chat,
+                vec![prompt],
+                "messages",
+                params,
+                knobs.max_tokens,
+                n,
+            )?;
+            Ok(job
+                .run(
+                    st.clone(),
+                    req.stream.unwrap_or(false),
+                    req.stream_options.map(|o| o.include_usage).unwrap_or(false),
+                )
+                .await)
+        }
+        .await;
+        result.unwrap_or_else(IntoResponse::into_response)
+    }
+    .instrument(span)
+    .await
+}

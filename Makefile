@@ -8,7 +8,7 @@ RELEASE    := target/release/sdlab
 MODEL      ?= smollm2-135m-instruct
 PROMPT     ?= What is the capital of France?
 
-.PHONY: all build run test models bench clean lint fmt check
+.PHONY: all build run chat test models bench clean lint fmt check
 
 all: build
 
@@ -19,9 +19,17 @@ build:
 models:
 	./scripts/fetch-models.sh
 
-## Build, fetch the default model, and run it. (The HTTP server is not built
-## yet; until it lands this starts an interactive chat on the engine.)
+HOST       ?= 127.0.0.1
+PORT       ?= 8000
+
+## Build, fetch the default model, and serve it (OpenAI-compatible API).
 run: models build
+	@echo "try: curl http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "       -d '{\"model\": \"$(MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"$(PROMPT)\"}]}'"
+	$(RELEASE) serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+## An interactive chat in the terminal on the same engine.
+chat: models build
 	$(RELEASE) chat --model $(MODEL)
 
 ## Everything the suite needs, then the suite (real-model checks included).

@@ -38,10 +38,31 @@ pub struct BlockQ8_1 {
     pub s: f32,
 }
 
+/// A Q4_1 block as the kernel reads it: the f16 scale and minimum widened to
+/// f32 once at load (exactly; every f16 is an f32), so the hot loop converts
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct PackedQ4_1 {
+    pub d: f32,
+    pub m: f32,
+    pub qs: [u8; QK / 2],
+}
+
+impl From<BlockQ4_1> for PackedQ4_1 {
+    fn from(b: BlockQ4_1) -> Self {
+        Self {
+            d: b.d.to_f32(),
+            m: b.m.to_f32(),
+            qs: b.qs,
+        }
+    }
+}
+
 /// A Q4_1 weight matrix `[n, k]` (row-major, `k` a multiple of 32).
 #[derive(Debug, Clone)]
 pub struct Q4_1Matrix {
-    pub blocks: Vec<BlockQ4_1>,
+    pub blocks: Vec<PackedQ4_1>,
     pub n: usize,
     pub k: usize,
 }
@@ -66,6 +87,7 @@ impl Q4_1Matrix {
                     qs,
                 }
             })
+            .map(PackedQ4_1::from)
             .collect();
         Ok(Self { blocks, n, k })
     }
@@ -100,6 +122,7 @@ impl Q4_1Matrix {
                     qs,
                 }
             })
+            .map(PackedQ4_1::from)
             .collect();
         Ok(Self { blocks, n, k })
     }
@@ -108,7 +131,7 @@ impl Q4_1Matrix {
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.n * self.k);
         for b in &self.blocks {
-            let (d, m) = (b.d.to_f32(), b.m.to_f32());
+            let (d, m) = (b.d, b.m);
             let mut v = [0f32; QK];
             for j in 0..16 {
                 v[j] = (b.qs[j] & 0x0F) as f32 * d + m;
@@ -119,8 +142,9 @@ impl Q4_1Matrix {
         out
     }
 
+    /// Bytes read per pass over the matrix (the packed layout).
     pub fn bytes(&self) -> usize {
-        self.blocks.len() * 20
+        self.blocks.len() * std::mem::size_of::<PackedQ4_1>()
     }
 }
 
@@ -148,7 +172,7 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
 
 /// Dot product of one Q4_1 row with one Q8_1 row.
 #[inline]
-pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+pub fn vec_dot_q4_1_q8_1(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -171,7 +195,7 @@ pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
 /// Portable path in the SIMD path's order: eight lanes of four products each,
 /// scaled and accumulated per block, folded at the end, plus the `m·s` terms.
 #[allow(dead_code)]
-pub fn vec_dot_lanes(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+pub fn vec_dot_lanes(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
     for (wb, xb) in w.iter().zip(x) {
@@ -180,14 +204,14 @@ pub fn vec_dot_lanes(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
             codes[j] = (wb.qs[j] & 0x0F) as i32;
             codes[j + 16] = (wb.qs[j] >> 4) as i32;
         }
-        let scale = wb.d.to_f32() * xb.d;
+        let scale = wb.d * xb.d;
         for (l, a) in acc.iter_mut().enumerate() {
             let s: i32 = (0..4)
                 .map(|i| codes[4 * l + i] * xb.qs[4 * l + i] as i32)
                 .sum();
             *a = scale.mul_add(s as f32, *a);
         }
-        summs = wb.m.to_f32().mul_add(xb.s, summs);
+        summs = wb.m.mul_add(xb.s, summs);
     }
     crate::simd::fold8(acc) + summs
 }
@@ -198,7 +222,7 @@ pub fn vec_dot_lanes(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     target_feature = "fma"
 ))]
 #[inline]
-unsafe fn vec_dot_avx2(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+unsafe fn vec_dot_avx2(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     use std::arch::x86_64::*;
     let mask = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -212,9 +236,9 @@ unsafe fn vec_dot_avx2(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
         let qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
         let pairs = _mm256_maddubs_epi16(qw, qx);
         let quads = _mm256_madd_epi16(pairs, ones);
-        let scale = _mm256_set1_ps(wb.d.to_f32() * xb.d);
+        let scale = _mm256_set1_ps(wb.d * xb.d);
         acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc);
-        summs = wb.m.to_f32().mul_add(xb.s, summs);
+        summs = wb.m.mul_add(xb.s, summs);
     }
     crate::simd::hsum(acc) + summs
 }

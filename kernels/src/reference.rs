@@ -74,3 +74,24 @@ pub fn paged_attention(
     }
     out
 }
+
+/// Q4_1 weights times activations quantized to Q8_1, accumulated in f64 over
+/// the dequantized values: what [`crate::quant::matmul_q4_1`] computes.
+pub fn matmul_q4_1(x: &[f32], m: usize, w: &crate::quant::Q4_1Matrix) -> Vec<f32> {
+    let wd = w.dequantize();
+    let mut out = vec![0f32; m * w.n];
+    for r in 0..m {
+        let mut xq = Vec::new();
+        crate::quant::quantize_row_q8_1(&x[r * w.k..(r + 1) * w.k], &mut xq);
+        // Q8_1 back to values: d * q (the `s` term is the same sum, folded in by `m`).
+        let xd: Vec<f64> = xq
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64))
+            .collect();
+        for c in 0..w.n {
+            let row = &wd[c * w.k..(c + 1) * w.k];
+            out[r * w.n + c] = row.iter().zip(&xd).map(|(a, b)| *a as f64 * b).sum::<f64>() as f32;
+        }
+    }
+    out
+}

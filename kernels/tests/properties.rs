@@ -46,6 +46,26 @@ proptest! {
     }
 
     #[test]
+    fn q4_1_matmul_matches_reference(m in 1usize..12, kb in 1usize..8, n in 1usize..24, seed: u64) {
+        let k = kb * 32;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let w = kernels::quant::Q4_1Matrix::quantize(&random_vec(&mut rng, n * k), n, k).unwrap();
+        let x = random_vec(&mut rng, m * k);
+        let mut out = vec![0f32; m * n];
+        kernels::quant::matmul_q4_1(&x, m, &w, &mut out).unwrap();
+        let want = reference::matmul_q4_1(&x, m, &w);
+        // The kernel stores Q8_1's `s` in f16, as llama.cpp does: allow for that rounding.
+        let tol = 1e-4 + 2e-3 * want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        prop_assert!(max_abs_diff(&out, &want) < tol, "diff {} tol {tol}", max_abs_diff(&out, &want));
+        // Batch invariance: each row alone is bit-identical.
+        for r in 0..m {
+            let mut alone = vec![0f32; n];
+            kernels::quant::matmul_q4_1(&x[r * k..(r + 1) * k], 1, &w, &mut alone).unwrap();
+            prop_assert_eq!(&alone[..], &out[r * n..(r + 1) * n]);
+        }
+    }
+
+    #[test]
     fn paged_attention_matches_reference(
         num_kv_heads in 1usize..4,
         group in 1usize..4,

@@ -84,22 +84,38 @@ fn greedy_continuations_match_llama_cpp() {
 /// quantization) moves them by whole nats.
 #[test]
 fn teacher_forced_logprobs_track_llama_cpp() {
-    let Some(path) = real_model_path() else { return };
+    let Some(path) = real_model_path() else {
+        return;
+    };
     let m = load(path.to_str().unwrap(), LoadOptions::default()).unwrap();
     let vocab = m.model.cfg.vocab_size;
     let (mut total, mut count, mut worst) = (0f64, 0usize, 0f64);
     for c in cases() {
-        let tokens: Vec<u32> = c.prompt_token_ids.iter().chain(&c.token_ids).copied().collect();
+        let tokens: Vec<u32> = c
+            .prompt_token_ids
+            .iter()
+            .chain(&c.token_ids)
+            .copied()
+            .collect();
         let np = c.prompt_token_ids.len();
         let blocks = tokens.len().div_ceil(16);
         let table: Vec<u32> = (0..blocks as u32).collect();
         let mut cache = models::KvCache::new(&m.model.cfg, blocks, 16);
         let rows: Vec<usize> = (np - 1..tokens.len() - 1).collect();
-        let seq = models::SeqChunk { block_table: &table, start: 0, len: tokens.len() };
+        let seq = models::SeqChunk {
+            block_table: &table,
+            start: 0,
+            len: tokens.len(),
+        };
         let logits = m.model.forward(&tokens, &[seq], &rows, &mut cache).unwrap();
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             let d = (row[c.token_ids[i] as usize] as f64 - lse - c.logprobs[i] as f64).abs();
             total += d;
             worst = worst.max(d);

@@ -26,7 +26,9 @@ fn text_of(v: &Value, i: usize) -> String {
 fn check_usage(v: &Value, prompt: Option<usize>, completion: Option<usize>) -> (u64, u64) {
     let u = &v["usage"];
     let p = u["prompt_tokens"].as_u64().expect("usage.prompt_tokens");
-    let c = u["completion_tokens"].as_u64().expect("usage.completion_tokens");
+    let c = u["completion_tokens"]
+        .as_u64()
+        .expect("usage.completion_tokens");
     assert_eq!(u["total_tokens"].as_u64(), Some(p + c), "{u}");
     if let Some(want) = prompt {
         assert_eq!(p, want as u64, "prompt_tokens: {u}");
@@ -321,7 +323,10 @@ async fn disconnect_mid_stream_frees_blocks() {
         let chunk = resp.chunk().await.unwrap().expect("stream ended early");
         got.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(srv.blocks_used() > 0, "the request holds blocks while it runs");
+    assert!(
+        srv.blocks_used() > 0,
+        "the request holds blocks while it runs"
+    );
     let t0 = Instant::now();
     drop(resp);
     drop(c);
@@ -333,7 +338,10 @@ async fn disconnect_mid_stream_frees_blocks() {
         (stats.generation_tokens as usize) < max_tokens as usize,
         "the request ran to the end instead of being aborted ({took:?}): {stats:?}"
     );
-    eprintln!("blocks freed {took:?} after the disconnect ({:?})", t0.elapsed());
+    eprintln!(
+        "blocks freed {took:?} after the disconnect ({:?})",
+        t0.elapsed()
+    );
     // The server still serves.
     post_ok(&c, &srv.url("/v1/completions"), &greedy_completion("hi", 4)).await;
 }
@@ -366,7 +374,10 @@ async fn metrics_exposition_and_counters() {
     let before = parse_prometheus(&resp.text().await.unwrap()).unwrap();
     assert_eq!(metric(&before, "sdlab_prompt_tokens_total"), Some(0.0));
     assert_eq!(metric(&before, "sdlab_generation_tokens_total"), Some(0.0));
-    assert_eq!(metric(&before, "sdlab_e2e_request_latency_seconds_count"), Some(0.0));
+    assert_eq!(
+        metric(&before, "sdlab_e2e_request_latency_seconds_count"),
+        Some(0.0)
+    );
 
     // K requests, both endpoints, streamed and not; one choice each.
     let cu = srv.url("/v1/completions");
@@ -405,7 +416,10 @@ async fn metrics_exposition_and_counters() {
         "sdlab_time_per_output_token_seconds",
         "sdlab_e2e_request_latency_seconds",
     ] {
-        let buckets: Vec<&Sample> = s.iter().filter(|x| x.name == format!("{h}_bucket")).collect();
+        let buckets: Vec<&Sample> = s
+            .iter()
+            .filter(|x| x.name == format!("{h}_bucket"))
+            .collect();
         assert!(buckets.len() > 2, "{h}");
         let inf = buckets
             .iter()
@@ -419,14 +433,23 @@ async fn metrics_exposition_and_counters() {
             prev = b.value;
         }
     }
-    assert_eq!(metric(&s, "sdlab_prompt_tokens_total"), Some(sum("prompt_tokens")));
+    assert_eq!(
+        metric(&s, "sdlab_prompt_tokens_total"),
+        Some(sum("prompt_tokens"))
+    );
     assert_eq!(
         metric(&s, "sdlab_generation_tokens_total"),
         Some(sum("completion_tokens"))
     );
     assert_eq!(metric(&s, "sdlab_requests_finished_total"), Some(k));
-    assert_eq!(metric(&s, "sdlab_e2e_request_latency_seconds_count"), Some(k));
-    assert_eq!(metric(&s, "sdlab_time_to_first_token_seconds_count"), Some(k));
+    assert_eq!(
+        metric(&s, "sdlab_e2e_request_latency_seconds_count"),
+        Some(k)
+    );
+    assert_eq!(
+        metric(&s, "sdlab_time_to_first_token_seconds_count"),
+        Some(k)
+    );
     for f in &s {
         if f.name == "sdlab_requests_finished_total" {
             let reason = &f.labels.iter().find(|(k, _)| k == "reason").unwrap().1;
@@ -434,7 +457,10 @@ async fn metrics_exposition_and_counters() {
         }
     }
     let stats = srv.state.engine.stats();
-    assert_eq!(metric(&s, "sdlab_kv_blocks_total"), Some(stats.num_blocks as f64));
+    assert_eq!(
+        metric(&s, "sdlab_kv_blocks_total"),
+        Some(stats.num_blocks as f64)
+    );
     assert_eq!(metric(&s, "sdlab_kv_blocks_used"), Some(0.0));
     assert_eq!(metric(&s, "sdlab_kv_cache_usage_ratio"), Some(0.0));
     assert_eq!(metric(&s, "sdlab_requests_running"), Some(0.0));
@@ -444,7 +470,10 @@ async fn metrics_exposition_and_counters() {
     assert!(q > 0.0 && hits <= q, "queries {q}, hits {hits}");
     // Counters only go up.
     let again = scrape(&c, &srv.base).await;
-    for name in ["sdlab_prefix_cache_queries_total", "sdlab_preemptions_total"] {
+    for name in [
+        "sdlab_prefix_cache_queries_total",
+        "sdlab_preemptions_total",
+    ] {
         assert_eq!(metric(&again, name), metric(&s, name), "{name}");
     }
 }
@@ -478,7 +507,10 @@ async fn concurrent_requests_match_sequential() {
     .await;
     for (i, r) in together.iter().enumerate() {
         assert_eq!(text_of(r, 0), alone[i].0, "prompt {i} differs under load");
-        assert_eq!(r["usage"]["completion_tokens"], alone[i].1["completion_tokens"]);
+        assert_eq!(
+            r["usage"]["completion_tokens"],
+            alone[i].1["completion_tokens"]
+        );
         assert_eq!(r["choices"][0]["finish_reason"], "length");
     }
     wait_blocks_free(&c, &srv.base, Duration::from_secs(2)).await;
@@ -537,4 +569,16 @@ async fn graceful_shutdown_with_stream_in_flight() {
     }
     // No new connections once it has returned.
     assert!(std::net::TcpStream::connect(srv.addr).is_err());
+}
+
+#[test]
+#[ignore]
+fn zz_debug_server() {
+    let config = server::http::ServerConfig {
+        body_limit: 64 * 1024,
+        ..server_config()
+    };
+    let srv = TestServer::start(config, engine_options());
+    std::fs::write("/tmp/dbg/port", srv.addr.port().to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
 }

@@ -71,8 +71,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(config: ServerConfig, opts: EngineOptions) -> Self {
-        let loaded =
-            models::load(model_dir().to_str().unwrap(), models::LoadOptions::default()).unwrap();
+        let loaded = models::load(
+            model_dir().to_str().unwrap(),
+            models::LoadOptions::default(),
+        )
+        .unwrap();
         let engine = start_llama_engine(loaded, &opts).unwrap();
         let state = AppState::new(engine, config).unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
@@ -154,6 +157,7 @@ impl Drop for TestServer {
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
@@ -243,10 +247,7 @@ pub fn assert_error(r: &Reply, status: u16, param: Option<&str>) -> Value {
     for k in ["message", "type", "param", "code"] {
         assert!(e.contains_key(k), "error body lacks `{k}`: {v}");
     }
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{v}"
-    );
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert!(e["type"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert!(e["code"].is_null() || e["code"].is_string(), "{v}");
     if let Some(p) = param {

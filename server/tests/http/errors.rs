@@ -24,39 +24,189 @@ async fn bad_requests_name_the_parameter() {
         (C, "{not json".into(), 400, None),
         (CHAT, r#"{"messages": ["#.into(), 400, None),
         (C, "".into(), 400, None),
-        (C, json!({"prompt": "hi", "temperature": "hot"}).to_string(), 400, Some("temperature")),
-        (CHAT, json!({"messages": m, "temperature": "hot"}).to_string(), 400, Some("temperature")),
-        (C, json!({"prompt": "hi", "max_tokens": "8"}).to_string(), 400, Some("max_tokens")),
-        (C, json!({"prompt": "hi", "top_p": 5}).to_string(), 400, Some("top_p")),
-        (CHAT, json!({"messages": m, "top_p": 5}).to_string(), 400, Some("top_p")),
-        (C, json!({"prompt": "hi", "temperature": -1}).to_string(), 400, Some("temperature")),
-        (CHAT, json!({"messages": m, "temperature": -1}).to_string(), 400, Some("temperature")),
-        (C, json!({"prompt": "hi", "n": 0}).to_string(), 400, Some("n")),
-        (CHAT, json!({"messages": m, "n": 0}).to_string(), 400, Some("n")),
-        (C, json!({"prompt": "hi", "logprobs": 99}).to_string(), 400, Some("logprobs")),
-        (C, json!({"prompt": "hi", "top_k": -5}).to_string(), 400, Some("top_k")),
-        (C, json!({"prompt": "hi", "min_p": 2}).to_string(), 400, Some("min_p")),
-        (C, json!({"prompt": "hi", "presence_penalty": 3}).to_string(), 400, Some("presence_penalty")),
-        (C, json!({"prompt": "hi", "stop": 42}).to_string(), 400, Some("stop")),
-        (C, json!({"prompt": "hi", "echo": true}).to_string(), 400, Some("echo")),
+        (
+            C,
+            json!({"prompt": "hi", "temperature": "hot"}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            CHAT,
+            json!({"messages": m, "temperature": "hot"}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "max_tokens": "8"}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "top_p": 5}).to_string(),
+            400,
+            Some("top_p"),
+        ),
+        (
+            CHAT,
+            json!({"messages": m, "top_p": 5}).to_string(),
+            400,
+            Some("top_p"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "temperature": -1}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            CHAT,
+            json!({"messages": m, "temperature": -1}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "n": 0}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (
+            CHAT,
+            json!({"messages": m, "n": 0}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "logprobs": 99}).to_string(),
+            400,
+            Some("logprobs"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "top_k": -5}).to_string(),
+            400,
+            Some("top_k"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "min_p": 2}).to_string(),
+            400,
+            Some("min_p"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "presence_penalty": 3}).to_string(),
+            400,
+            Some("presence_penalty"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "stop": 42}).to_string(),
+            400,
+            Some("stop"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "echo": true}).to_string(),
+            400,
+            Some("echo"),
+        ),
         (C, json!({"prompt": ""}).to_string(), 400, Some("prompt")),
         (C, json!({"prompt": []}).to_string(), 400, Some("prompt")),
         (C, json!({"prompt": [""]}).to_string(), 400, Some("prompt")),
-        (C, json!({"prompt": {"text": "hi"}}).to_string(), 400, Some("prompt")),
-        (C, json!({"prompt": "hi", "max_tokens": 0}).to_string(), 400, Some("max_tokens")),
-        (C, json!({"prompt": "hi", "max_tokens": -1}).to_string(), 400, Some("max_tokens")),
-        (C, json!({"prompt": "hi", "max_tokens": ctx}).to_string(), 400, Some("max_tokens")),
-        (CHAT, json!({"messages": m, "max_tokens": ctx}).to_string(), 400, Some("max_tokens")),
-        (C, json!({"prompt": vec![5; ctx], "max_tokens": 1}).to_string(), 400, Some("prompt")),
-        (C, json!({"prompt": [5, vocab]}).to_string(), 400, Some("prompt")),
-        (C, json!({"prompt": [[1, 2], [3, 4_000_000]]}).to_string(), 400, Some("prompt")),
-        (C, json!({"prompt": [5, -1]}).to_string(), 400, Some("prompt")),
-        (CHAT, json!({"messages": []}).to_string(), 400, Some("messages")),
-        (CHAT, json!({"messages": [{"role": "wizard", "content": "hi"}]}).to_string(), 400, Some("messages")),
-        (CHAT, json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), 400, Some("messages")),
-        (CHAT, json!({"messages": m, "top_logprobs": 2}).to_string(), 400, Some("top_logprobs")),
-        (C, json!({"model": "nope", "prompt": "hi"}).to_string(), 404, Some("model")),
-        (CHAT, json!({"model": "nope", "messages": m}).to_string(), 404, Some("model")),
+        (
+            C,
+            json!({"prompt": {"text": "hi"}}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "max_tokens": 0}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "max_tokens": -1}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            C,
+            json!({"prompt": "hi", "max_tokens": ctx}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            CHAT,
+            json!({"messages": m, "max_tokens": ctx}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            C,
+            json!({"prompt": vec![5; ctx], "max_tokens": 1}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            C,
+            json!({"prompt": [5, vocab]}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            C,
+            json!({"prompt": [[1, 2], [3, 4_000_000]]}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            C,
+            json!({"prompt": [5, -1]}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            CHAT,
+            json!({"messages": []}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            CHAT,
+            json!({"messages": [{"role": "wizard", "content": "hi"}]}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            CHAT,
+            json!({"messages": m, "top_logprobs": 2}).to_string(),
+            400,
+            Some("top_logprobs"),
+        ),
+        (
+            C,
+            json!({"model": "nope", "prompt": "hi"}).to_string(),
+            404,
+            Some("model"),
+        ),
+        (
+            CHAT,
+            json!({"model": "nope", "messages": m}).to_string(),
+            404,
+            Some("model"),
+        ),
     ];
     for (path, body, status, param) in &cases {
         let r = post_raw(&c, &srv.url(path), body.clone()).await;
@@ -72,7 +222,12 @@ async fn bad_requests_name_the_parameter() {
         }
     }
     // The model's name is accepted, and so is no name at all.
-    post_ok(&c, &srv.url(C), &json!({"model": MODEL, "prompt": "hi", "max_tokens": 2})).await;
+    post_ok(
+        &c,
+        &srv.url(C),
+        &json!({"model": MODEL, "prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
     post_ok(&c, &srv.url(C), &json!({"prompt": "hi", "max_tokens": 2})).await;
 }
 
@@ -122,14 +277,20 @@ async fn api_key() {
             let rb = if path == "/v1/models" {
                 c.get(&url)
             } else {
-                c.post(&url).json(&json!({"prompt": "hi", "messages": user("hi"), "max_tokens": 2}))
+                c.post(&url)
+                    .json(&json!({"prompt": "hi", "messages": user("hi"), "max_tokens": 2}))
             };
             match auth {
                 Some(a) => rb.header("authorization", a),
                 None => rb,
             }
         };
-        for auth in [None, Some("Bearer wrong"), Some("sk-test-123"), Some("Bearer ")] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("sk-test-123"),
+            Some("Bearer "),
+        ] {
             let r = read(req(auth).send().await.unwrap()).await;
             let v = assert_error(&r, 401, None);
             assert_eq!(v["error"]["type"], "authentication_error", "{v}");
@@ -194,16 +355,18 @@ async fn queue_full_is_429_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Now everything else is turned away, at once and with Retry-After.
-    let burst = futures_util::future::join_all(
-        (0..6).map(|i| post(&c, &url, &greedy_completion(TEXTS[i], 4))),
-    )
-    .await;
+    let bodies: Vec<Value> = (0..6).map(|i| greedy_completion(TEXTS[i], 4)).collect();
+    let burst = futures_util::future::join_all(bodies.iter().map(|b| post(&c, &url, b))).await;
     for r in &burst {
         let v = assert_error(r, 429, None);
         assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
         assert_eq!(v["error"]["code"], "queue_full", "{v}");
         let retry = r.headers.get("retry-after").expect("Retry-After header");
-        let secs: u64 = retry.to_str().unwrap().parse().expect("Retry-After in seconds");
+        let secs: u64 = retry
+            .to_str()
+            .unwrap()
+            .parse()
+            .expect("Retry-After in seconds");
         assert!(secs >= 1);
     }
     let r = post(&c, &srv.url(CHAT), &greedy_chat("hi", 4)).await;
@@ -223,7 +386,10 @@ async fn queue_full_is_429_with_retry_after() {
 fn with(key: &str, raw: &str) -> Vec<u8> {
     let base = [
         ("prompt", r#""Hello there""#),
-        ("messages", r#"[{"role": "user", "content": "Hello there"}]"#),
+        (
+            "messages",
+            r#"[{"role": "user", "content": "Hello there"}]"#,
+        ),
         ("max_tokens", "8"),
     ];
     let mut fields: Vec<String> = base
@@ -248,20 +414,50 @@ fn hostile_bodies() -> Vec<(String, Vec<u8>)> {
         ("string body".into(), br#""prompt""#.to_vec()),
         ("empty object".into(), b"{}".to_vec()),
         ("deep array body".into(), deep(100_000).into_bytes()),
-        ("deep object body".into(), r#"{"a":"#.repeat(50_000).into_bytes()),
-        ("invalid utf-8".into(), b"{\"prompt\": \"\xff\xfe\xfd\", \"max_tokens\": 2}".to_vec()),
-        ("raw NUL".into(), b"{\"prompt\": \"a\x00b\", \"max_tokens\": 2}".to_vec()),
-        ("BOM".into(), b"\xef\xbb\xbf{\"prompt\": \"hi\", \"max_tokens\": 2}".to_vec()),
-        ("trailing garbage".into(), br#"{"prompt": "hi", "max_tokens": 2} xyz"#.to_vec()),
-        ("duplicate keys".into(), br#"{"prompt": "a", "prompt": "b", "max_tokens": 2}"#.to_vec()),
+        (
+            "deep object body".into(),
+            r#"{"a":"#.repeat(50_000).into_bytes(),
+        ),
+        (
+            "invalid utf-8".into(),
+            b"{\"prompt\": \"\xff\xfe\xfd\", \"max_tokens\": 2}".to_vec(),
+        ),
+        (
+            "raw NUL".into(),
+            b"{\"prompt\": \"a\x00b\", \"max_tokens\": 2}".to_vec(),
+        ),
+        (
+            "BOM".into(),
+            b"\xef\xbb\xbf{\"prompt\": \"hi\", \"max_tokens\": 2}".to_vec(),
+        ),
+        (
+            "trailing garbage".into(),
+            br#"{"prompt": "hi", "max_tokens": 2} xyz"#.to_vec(),
+        ),
+        (
+            "duplicate keys".into(),
+            br#"{"prompt": "a", "prompt": "b", "max_tokens": 2}"#.to_vec(),
+        ),
     ];
     let big = "hello world, ".repeat(1 << 20 >> 4);
-    raw.push(("1 MB prompt".into(), with("prompt", &json!(big).to_string())));
-    raw.push(("1 MB message".into(), with("messages", &user(&big).to_string())));
+    raw.push((
+        "1 MB prompt".into(),
+        with("prompt", &json!(big).to_string()),
+    ));
+    raw.push((
+        "1 MB message".into(),
+        with("messages", &user(&big).to_string()),
+    ));
     let word = "a".repeat(1 << 20);
-    raw.push(("1 MB single word".into(), with("prompt", &json!(word).to_string())));
+    raw.push((
+        "1 MB single word".into(),
+        with("prompt", &json!(word).to_string()),
+    ));
     let ids: Vec<u32> = (0..200_000).map(|i| i % 300).collect();
-    raw.push(("200k token ids".into(), with("prompt", &json!(ids).to_string())));
+    raw.push((
+        "200k token ids".into(),
+        with("prompt", &json!(ids).to_string()),
+    ));
     let stops: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
     let fields: &[(&str, String)] = &[
         ("max_tokens", "18446744073709551616".into()),
@@ -368,7 +564,10 @@ async fn hostile_input_sweep() {
     assert!(failures.is_empty(), "5xx answers:\n{}", failures.join("\n"));
     eprintln!("slowest hostile request: {:?} ({})", slowest.0, slowest.1);
     // The server is still healthy and serving.
-    assert_eq!(c.get(srv.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(srv.url("/health")).send().await.unwrap().status(),
+        200
+    );
     let r = post_ok(&c, &srv.url(C), &greedy_completion(TEXTS[0], 8)).await;
     assert_eq!(r["usage"]["completion_tokens"], 8);
     post_ok(&c, &srv.url(CHAT), &greedy_chat("still there?", 4)).await;

@@ -140,6 +140,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Abort(RequestId),
+    AbortAll,
     Shutdown,
 }
 
@@ -254,6 +255,11 @@ impl Engine {
     /// Stops a request; it finishes with [`FinishReason::Abort`].
     pub fn abort(&self, id: RequestId) {
         let _ = self.commands.send(Command::Abort(id));
+    }
+
+    /// Stops every request in flight (server shutdown).
+    pub fn abort_all(&self) {
+        let _ = self.commands.send(Command::AbortAll);
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -400,13 +406,21 @@ impl StepLoop {
                 self.finish(id, FinishReason::Abort, None);
                 true
             }
+            Command::AbortAll => {
+                self.abort_all();
+                true
+            }
             Command::Shutdown => {
-                let ids: Vec<RequestId> = self.requests.keys().copied().collect();
-                for id in ids {
-                    self.finish(id, FinishReason::Abort, None);
-                }
+                self.abort_all();
                 false
             }
+        }
+    }
+
+    fn abort_all(&mut self) {
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.finish(id, FinishReason::Abort, None);
         }
     }
 

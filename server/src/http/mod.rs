@@ -89,13 +89,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests (streams included) finish.
+/// Serves until `shutdown` resolves; then stops accepting, ends the requests
+/// in flight (streams get their final chunk, `finish_reason: "abort"`, and
+/// `data: [DONE]`) and returns once every connection has closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let shutdown = async move {
+        shutdown.await;
+        engine.abort_all();
+    };
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -416,3 +416,60 @@ pub const TEXTS: [&str; 16] = [
     "Paris is the capital of France. The quick brown fox jumps over the lazy dog",
     "One more prompt",
 ];
+
+/// One request over a bare `TcpStream` (`Connection: close`), for cases a
+/// full client reports as a send error: the whole request is written (write
+/// errors are ignored, the server may answer and close before reading it
+/// all), then the response is read to the end.
+pub fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // A reset after the response arrived still leaves the response.
+            Err(e) if !buf.is_empty() => {
+                eprintln!("raw_http: read ended with {e}");
+                break;
+            }
+            Err(e) => panic!("{method} {path}: no response: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers: {text:?}"));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    for l in lines {
+        let (k, v) = l.split_once(':').expect("header line");
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+            v.trim().parse().unwrap(),
+        );
+    }
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.to_str().unwrap().contains("chunked"));
+    assert!(!chunked, "raw_http reads only content-length bodies");
+    Reply {
+        status,
+        headers,
+        text: body.to_string(),
+    }
+}

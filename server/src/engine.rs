@@ -24,6 +24,13 @@ use tokio::sync::oneshot;
 
 pub type RequestId = SeqId;
 
+/// An added request whose acceptance is not confirmed yet.
+type PendingAdd = (
+    RequestId,
+    EventReceiver,
+    oneshot::Receiver<Result<(), EngineError>>,
+);
+
 /// Where a request's events arrive.
 pub type EventReceiver = UnboundedReceiver<EngineEvent>;
 
@@ -226,17 +233,7 @@ impl Engine {
         Ok((id, rx))
     }
 
-    fn send_add(
-        &self,
-        req: GenerateRequest,
-    ) -> Result<
-        (
-            RequestId,
-            EventReceiver,
-            oneshot::Receiver<Result<(), EngineError>>,
-        ),
-        EngineError,
-    > {
+    fn send_add(&self, req: GenerateRequest) -> Result<PendingAdd, EngineError> {
         req.params.validate()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = unbounded_channel();

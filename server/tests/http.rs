@@ -347,6 +347,16 @@ async fn disconnect_mid_stream_frees_blocks() {
         "blocks freed {took:?} after the disconnect ({:?})",
         t0.elapsed()
     );
+    // The disconnected request is counted once, as aborted.
+    let samples = scrape(&c, &srv.base).await;
+    let aborted = samples
+        .iter()
+        .find(|s| {
+            s.name == "sdlab_requests_finished_total"
+                && s.labels.iter().any(|(k, v)| k == "reason" && v == "abort")
+        })
+        .map(|s| s.value);
+    assert_eq!(aborted, Some(1.0), "{samples:?}");
     // The server still serves.
     post_ok(&c, &srv.url("/v1/completions"), &greedy_completion("hi", 4)).await;
 }
@@ -375,7 +385,7 @@ async fn metrics_exposition_and_counters() {
     let resp = c.get(srv.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("text/plain"), "{ct}");
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     let before = parse_prometheus(&resp.text().await.unwrap()).unwrap();
     assert_eq!(metric(&before, "sdlab_prompt_tokens_total"), Some(0.0));
     assert_eq!(metric(&before, "sdlab_generation_tokens_total"), Some(0.0));

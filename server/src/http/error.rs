@@ -25,6 +25,8 @@ pub enum ApiError {
         message: String,
         param: Option<String>,
     },
+    /// 405: a known route with the wrong method.
+    MethodNotAllowed,
     /// 413: body over the size limit.
     PayloadTooLarge { limit: usize },
     /// 429: the queue is full.
@@ -48,6 +50,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,6 +77,12 @@ impl ApiError {
                 "not_found_error",
                 param.clone(),
                 Some("model_not_found"),
+            ),
+            Self::MethodNotAllowed => (
+                "method not allowed on this route (the /v1 generation routes take POST; /health, /v1/models and /metrics take GET)".into(),
+                "invalid_request_error",
+                None,
+                Some("method_not_allowed"),
             ),
             Self::PayloadTooLarge { limit } => (
                 format!("request body is larger than the limit of {limit} bytes"),

@@ -8,9 +8,7 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::{
-    Engine, EngineEvent, EventReceiver, FinishReason, GenerateRequest, RequestId, Usage,
-};
+use crate::engine::{EngineEvent, EventReceiver, FinishReason, GenerateRequest, RequestId, Usage};
 use crate::sampler::{SampledToken, SamplingParams};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +16,7 @@ use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +46,15 @@ pub struct Job {
 
 impl Job {
     /// Checks the prompts against the vocabulary and the context length and
-    /// fills in `max_tokens` (`None`: up to the context limit).
+    /// fills in `max_tokens` (`None`: up to the context limit; `max_param`
+    /// is the name the client used for it).
     pub fn new(
         st: &AppState,
         endpoint: Endpoint,
         prompts: Vec<Vec<u32>>,
         param: &'static str,
         params: SamplingParams,
-        max_tokens: Option<u32>,
+        (max_tokens, max_param): (Option<u32>, &'static str),
         n: u32,
     ) -> Result<Self, ApiError> {
         let vocab = st.engine.tokenizer().vocab_size().max(1);
@@ -85,11 +84,11 @@ impl Job {
             }
             let room = max_len - p.len();
             let max_tokens = match max_tokens {
-                Some(0) => return Err(ApiError::bad("`max_tokens` must be at least 1", "max_tokens")),
+                Some(0) => return Err(ApiError::bad(format!("`{max_param}` must be at least 1"), max_param)),
                 Some(m) if m as usize > room => {
                     return Err(ApiError::bad(
-                        format!("{} prompt tokens + max_tokens {m} exceed this model's context of {max_len} tokens", p.len()),
-                        "max_tokens",
+                        format!("{} prompt tokens + {max_param} {m} exceed this model's context of {max_len} tokens", p.len()),
+                        max_param,
                     ))
                 }
                 Some(m) => m as usize,
@@ -128,10 +127,12 @@ impl Job {
             return ApiError::QueueFull { waiting }.into_response();
         }
         let started = Instant::now();
-        let mut guard = Inflight {
-            engine: st.engine.clone(),
-            ids: vec![],
-        };
+        let guard = Arc::new(Inflight {
+            st: st.clone(),
+            started,
+            n: self.n,
+            tracks: Mutex::new(Vec::with_capacity(self.choices())),
+        });
         let mut receivers = Vec::with_capacity(self.choices());
         for (prompt, params) in &self.prompts {
             for j in 0..self.n {
@@ -148,7 +149,7 @@ impl Job {
                     .await
                 {
                     Ok((id, rx)) => {
-                        guard.ids.push(id);
+                        guard.track(id, prompt.len());
                         receivers.push(rx);
                     }
                     Err(e) => return ApiError::from(e).into_response(),
@@ -166,25 +167,21 @@ impl Job {
     async fn whole(
         self,
         st: Arc<AppState>,
-        mut guard: Inflight,
+        guard: Arc<Inflight>,
         receivers: Vec<EventReceiver>,
         started: Instant,
     ) -> Response {
         let outs = futures_util::future::join_all(
-            receivers.into_iter().map(|rx| collect_choice(rx, started)),
+            receivers
+                .into_iter()
+                .enumerate()
+                .map(|(i, rx)| collect_choice(rx, guard.clone(), i)),
         )
         .await;
-        guard.ids.clear();
         let tok = st.engine.tokenizer();
         let mut choices = Vec::new();
         let mut usage = Usage::default();
         for (i, out) in outs.into_iter().enumerate() {
-            st.metrics.request_finished(
-                out.reason,
-                &out.usage,
-                out.ttft,
-                started.elapsed().as_secs_f64(),
-            );
             if out.reason == FinishReason::Error {
                 return ApiError::Internal(out.error.unwrap_or_else(|| "generation failed".into()))
                     .into_response();
@@ -221,7 +218,7 @@ impl Job {
     fn stream(
         self,
         st: Arc<AppState>,
-        guard: Inflight,
+        guard: Arc<Inflight>,
         receivers: Vec<EventReceiver>,
         include_usage: bool,
         started: Instant,
@@ -238,9 +235,9 @@ impl Job {
         let state = StreamState {
             job: self,
             st,
-            _inflight: guard,
+            inflight: guard,
             merged: Box::pin(merged),
-            first: vec![None; n_choices],
+            seen: vec![false; n_choices],
             usage: Usage::default(),
             finished: 0,
             include_usage,
@@ -262,16 +259,81 @@ impl Job {
     }
 }
 
-/// Aborts the engine requests still in flight when dropped.
+/// The engine requests behind one HTTP request. Records each in the metrics
+/// as it finishes; when dropped before all finished (the client went away or
+/// the server cancelled the handler), aborts the rest, which frees their KV
+/// blocks at once, and records them as aborted. Every engine request is
+/// counted exactly once, and a prompt shared by `n` choices once.
 struct Inflight {
-    engine: Arc<Engine>,
-    ids: Vec<RequestId>,
+    st: Arc<AppState>,
+    started: Instant,
+    n: usize,
+    tracks: Mutex<Vec<Track>>,
+}
+
+struct Track {
+    id: RequestId,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    ttft: Option<f64>,
+    done: bool,
+}
+
+impl Inflight {
+    fn track(&self, id: RequestId, prompt_tokens: usize) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        tracks.push(Track {
+            id,
+            prompt_tokens,
+            completion_tokens: 0,
+            ttft: None,
+            done: false,
+        });
+    }
+
+    /// A token of choice `i` arrived.
+    fn token(&self, i: usize) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut tracks[i];
+        t.completion_tokens += 1;
+        t.ttft.get_or_insert(elapsed);
+    }
+
+    fn finish(&self, i: usize, reason: FinishReason, usage: &Usage) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut tracks[i];
+        if !t.done {
+            t.done = true;
+            self.record(i, reason, *usage, t.ttft);
+        }
+    }
+
+    fn record(&self, i: usize, reason: FinishReason, mut usage: Usage, ttft: Option<f64>) {
+        if !i.is_multiple_of(self.n) {
+            usage.prompt_tokens = 0;
+        }
+        self.st.metrics.request_finished(
+            reason,
+            &usage,
+            ttft,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        for &id in &self.ids {
-            self.engine.abort(id);
+        let tracks = std::mem::take(self.tracks.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for (i, t) in tracks.into_iter().enumerate().filter(|(_, t)| !t.done) {
+            self.st.engine.abort(t.id);
+            let usage = Usage {
+                prompt_tokens: t.prompt_tokens,
+                completion_tokens: t.completion_tokens,
+                total_tokens: t.prompt_tokens + t.completion_tokens,
+                cached_tokens: 0,
+            };
+            self.record(i, FinishReason::Abort, usage, t.ttft);
         }
     }
 }
@@ -281,24 +343,21 @@ struct ChoiceOutput {
     logprobs: Vec<SampledToken>,
     reason: FinishReason,
     usage: Usage,
-    ttft: Option<f64>,
     error: Option<String>,
 }
 
-async fn collect_choice(mut rx: EventReceiver, started: Instant) -> ChoiceOutput {
+async fn collect_choice(mut rx: EventReceiver, inflight: Arc<Inflight>, i: usize) -> ChoiceOutput {
     let mut out = ChoiceOutput {
         text: String::new(),
         logprobs: vec![],
         reason: FinishReason::Abort,
         usage: Usage::default(),
-        ttft: None,
         error: None,
     };
     while let Some(ev) = rx.recv().await {
         match ev {
             EngineEvent::Token { text, logprob, .. } => {
-                out.ttft
-                    .get_or_insert_with(|| started.elapsed().as_secs_f64());
+                inflight.token(i);
                 out.text.push_str(&text);
                 out.logprobs.extend(logprob);
             }
@@ -308,6 +367,7 @@ async fn collect_choice(mut rx: EventReceiver, started: Instant) -> ChoiceOutput
                 text,
                 error,
             } => {
+                inflight.finish(i, reason, &usage);
                 out.text.push_str(&text);
                 out.reason = reason;
                 out.usage = usage;
@@ -392,11 +452,12 @@ fn logprobs_json(
 struct StreamState {
     job: Job,
     st: Arc<AppState>,
-    /// Held for its `Drop`: aborts what is still running if the client goes away.
-    _inflight: Inflight,
+    /// Records finishes; its `Drop` aborts what is still running if the
+    /// client goes away.
+    inflight: Arc<Inflight>,
     merged: std::pin::Pin<Box<dyn futures_util::Stream<Item = (usize, EngineEvent)> + Send>>,
-    /// Time to first token per choice, once seen.
-    first: Vec<Option<f64>>,
+    /// Whether choice `i` has sent its first chunk.
+    seen: Vec<bool>,
     usage: Usage,
     finished: usize,
     include_usage: bool,
@@ -449,8 +510,9 @@ impl StreamState {
         let tok = self.st.engine.tokenizer();
         match ev {
             EngineEvent::Token { text, logprob, .. } => {
-                let role = self.first[i].is_none() && self.job.endpoint == Endpoint::Chat;
-                self.first[i].get_or_insert_with(|| self.started.elapsed().as_secs_f64());
+                let role = !self.seen[i] && self.job.endpoint == Endpoint::Chat;
+                self.seen[i] = true;
+                self.inflight.token(i);
                 let lp = logprob.map(|l| logprobs_json(self.job.endpoint, tok, &[l]));
                 if text.is_empty() && lp.is_none() && !role {
                     return vec![];
@@ -464,20 +526,16 @@ impl StreamState {
                 error,
             } => {
                 self.finished += 1;
-                self.st.metrics.request_finished(
-                    reason,
-                    &usage,
-                    self.first[i],
-                    self.started.elapsed().as_secs_f64(),
-                );
+                self.inflight.finish(i, reason, &usage);
                 add_usage(&mut self.usage, &usage, i % self.job.n == 0);
                 let mut out = Vec::new();
                 if let Some(e) = error {
                     out.push(Event::default().data(json!({ "error": { "message": e, "type": "server_error", "param": null, "code": null } }).to_string()));
                 }
-                let role = self.first[i].is_none() && self.job.endpoint == Endpoint::Chat;
+                let role = !self.seen[i] && self.job.endpoint == Endpoint::Chat;
+                self.seen[i] = true;
                 out.push(self.chunk(self.choice(i, &text, None, Some(reason.as_str()), role)));
-                if self.finished == self.first.len() {
+                if self.finished == self.seen.len() {
                     out.extend(self.close());
                 }
                 out

@@ -85,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_page))
         .merge(api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state)
 }
@@ -145,6 +146,10 @@ async fn health() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound { message: "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics".into(), param: None }
 }
@@ -167,7 +172,7 @@ async fn metrics_page(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
@@ -219,14 +224,9 @@ async fn completions(
             if req.echo.unwrap_or(false) {
                 return Err(ApiError::bad("`echo` is not supported", "echo"));
             }
-            let tok = st.engine.tokenizer();
-            let encode = |t: &str| {
-                tok.encode(t)
-                    .map_err(|e| ApiError::bad(e.to_string(), "prompt"))
-            };
             let prompts: Vec<Vec<u32>> = match &req.prompt {
-                PromptInput::Text(t) => vec![encode(t)?],
-                PromptInput::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+                PromptInput::Text(t) => tokenize(&st, vec![t.clone()], "prompt").await?,
+                PromptInput::Texts(ts) => tokenize(&st, ts.clone(), "prompt").await?,
                 PromptInput::Tokens(ids) => vec![ids.clone()],
                 PromptInput::TokenBatches(b) => b.clone(),
             };
@@ -237,7 +237,7 @@ async fn completions(
                 prompts,
                 "prompt",
                 params,
-                req.max_tokens.or(Some(16)),
+                (req.max_tokens.or(Some(16)), "max_tokens"),
                 n,
             )?;
             Ok(job
@@ -279,20 +279,23 @@ async fn chat_completions(
             let text = template
                 .render(&req.messages()?, true)
                 .map_err(|e| ApiError::bad(e.to_string(), "messages"))?;
-            let prompt = st
-                .engine
-                .tokenizer()
-                .encode(&text)
-                .map_err(|e| ApiError::bad(e.to_string(), "messages"))?;
+            let prompts = tokenize(&st, vec![text], "messages").await?;
             let knobs = req.knobs()?;
             let (params, n) = knobs.sampling()?;
             let job = Job::new(
                 &st,
                 Endpoint::Chat,
-                vec![prompt],
+                prompts,
                 "messages",
                 params,
-                knobs.max_tokens,
+                (
+                    knobs.max_tokens,
+                    if req.max_completion_tokens.is_some() {
+                        "max_completion_tokens"
+                    } else {
+                        "max_tokens"
+                    },
+                ),
                 n,
             )?;
             Ok(job
@@ -308,4 +311,23 @@ async fn chat_completions(
     }
     .instrument(span)
     .await
+}
+
+/// Tokenizes on the blocking pool: a megabyte of text takes a noticeable
+/// fraction of a second, which must not stall the async workers.
+async fn tokenize(
+    st: &Arc<AppState>,
+    texts: Vec<String>,
+    param: &'static str,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let tok = st.engine.tokenizer().clone();
+    tokio::task::spawn_blocking(move || {
+        texts
+            .iter()
+            .map(|t| tok.encode(t))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
+    .map_err(|e| ApiError::bad(e.to_string(), param))
 }

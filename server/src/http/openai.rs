@@ -111,7 +111,10 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::bad(format!("malformed JSON body: {inner}"), None);
         }
-        let param = path.split(['.', '[']).next().filter(|p| !p.is_empty() && *p != "?").map(str::to_string);
+        let missing = inner.to_string().strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_string);
+        // The top-level parameter at fault: the first segment of the path,
+        // or the missing field when the body lacks a required one.
+        let param = path.split(['.', '[']).next().filter(|p| !p.is_empty() && *p != "?").map(str::to_string).or(missing);
         let message = match param.as_deref() {
             Some("prompt") if inner.to_string().contains("untagged") => {
                 "`prompt` must be a string, a list of strings, a list of token ids or a list of lists of token ids".to_string()
@@ -224,6 +227,14 @@ impl CompletionRequest {
 
 impl ChatRequest {
     pub fn knobs(&self) -> Result<Knobs, ApiError> {
+        if let Some(t) = self.top_logprobs {
+            if t as usize > MAX_LOGPROBS {
+                return Err(ApiError::bad(
+                    format!("`top_logprobs` must be at most {MAX_LOGPROBS}, got {t}"),
+                    "top_logprobs",
+                ));
+            }
+        }
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (true, top) => Some(top.unwrap_or(0)),
             (false, Some(_)) => {

@@ -34,7 +34,7 @@ chat: models build
 
 ## Everything the suite needs, then the suite (real-model checks included).
 test: models
-	SDLAB_REQUIRE_REAL_MODELS=1 $(CARGO) test --workspace --all-targets
+	SDLAB_REQUIRE_REAL_MODELS=1 SDLAB_REQUIRE_NETWORK_TESTS=1 $(CARGO) test --workspace --all-targets
 	SDLAB_REQUIRE_REAL_MODELS=1 $(CARGO) test --workspace --doc
 
 lint:

@@ -55,14 +55,7 @@ pub fn perplexity(
         };
         let logits = model.forward(window, &[seq], &rows, &mut cache)?;
         for (row, &r) in logits.chunks_exact(vocab).zip(&rows) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            nll += lse - row[window[r + 1] as usize] as f64;
+            nll -= log_prob(row, window[r + 1]);
             scored += 1;
         }
         progress(w + 1, windows);
@@ -74,4 +67,16 @@ pub fn perplexity(
         tokens_scored: scored,
         nll: mean,
     })
+}
+
+/// Log-probability of `token` under a row of logits (log-softmax, in f64).
+pub fn log_prob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits[token as usize] as f64 - lse
 }

@@ -109,14 +109,7 @@ fn teacher_forced_logprobs_track_llama_cpp() {
         };
         let logits = m.model.forward(&tokens, &[seq], &rows, &mut cache).unwrap();
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            let d = (row[c.token_ids[i] as usize] as f64 - lse - c.logprobs[i] as f64).abs();
+            let d = (models::eval::log_prob(row, c.token_ids[i]) - c.logprobs[i] as f64).abs();
             total += d;
             worst = worst.max(d);
             count += 1;

@@ -48,8 +48,10 @@ impl Job {
     /// Checks the prompts against the vocabulary and the context length and
     /// fills in `max_tokens` (`None`: up to the context limit; `max_param`
     /// is the name the client used for it).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         st: &AppState,
+        id: String,
         endpoint: Endpoint,
         prompts: Vec<Vec<u32>>,
         param: &'static str,
@@ -102,16 +104,11 @@ impl Job {
                 },
             ));
         }
-        let prefix = if endpoint == Endpoint::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        };
         Ok(Self {
             endpoint,
             prompts: out,
             n: n as usize,
-            id: next_request_id(prefix),
+            id,
             model: st.config.served_model_name.clone(),
             created: st.created,
         })
@@ -466,12 +463,15 @@ struct StreamState {
 }
 
 impl StreamState {
+    fn object(&self) -> &'static str {
+        match self.job.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completion => "text_completion",
+        }
+    }
+
     fn chunk(&self, choice: Value) -> Event {
-        let object = if self.job.endpoint == Endpoint::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
+        let object = self.object();
         let mut body = json!({ "id": self.job.id, "object": object, "created": self.job.created, "model": self.job.model, "choices": [choice] });
         if self.include_usage {
             body["usage"] = Value::Null;
@@ -556,11 +556,7 @@ impl StreamState {
         );
         let mut out = Vec::new();
         if self.include_usage {
-            let object = if self.job.endpoint == Endpoint::Chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            };
+            let object = self.object();
             let body = json!({ "id": self.job.id, "object": object, "created": self.job.created, "model": self.job.model, "choices": [], "usage": usage_json(&self.usage) });
             out.push(Event::default().data(body.to_string()));
         }

@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -206,111 +206,132 @@ fn check_model(st: &AppState, model: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-async fn completions(
-    State(st): State<Arc<AppState>>,
-    _headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// A parsed, validated request, ready to run.
+struct Prepared {
+    job: Job,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// Runs a request inside its tracing span (one per request, with its id),
+/// whatever the endpoint; errors become responses here.
+async fn respond(
+    st: Arc<AppState>,
+    id: String,
+    endpoint: &'static str,
+    prepared: impl Future<Output = Result<Prepared, ApiError>>,
 ) -> Response {
-    let span = tracing::info_span!(
-        "request",
-        id = generate::next_request_id("cmpl"),
-        endpoint = "completions"
-    );
+    let span = tracing::info_span!("request", id = %id, endpoint);
     async move {
-        let result = async {
-            let body = body_bytes(&st, body)?;
-            let req: CompletionRequest = openai::parse(&body)?;
-            check_model(&st, &req.model)?;
-            if req.echo.unwrap_or(false) {
-                return Err(ApiError::bad("`echo` is not supported", "echo"));
+        match prepared.await {
+            Ok(p) => p.job.run(st, p.stream, p.include_usage).await,
+            Err(e) => {
+                tracing::info!(status = e.status().as_u16(), "rejected");
+                e.into_response()
             }
-            let prompts: Vec<Vec<u32>> = match &req.prompt {
-                PromptInput::Text(t) => tokenize(&st, vec![t.clone()], "prompt").await?,
-                PromptInput::Texts(ts) => tokenize(&st, ts.clone(), "prompt").await?,
-                PromptInput::Tokens(ids) => vec![ids.clone()],
-                PromptInput::TokenBatches(b) => b.clone(),
-            };
-            let (params, n) = req.knobs().sampling()?;
-            let job = Job::new(
-                &st,
-                Endpoint::Completion,
-                prompts,
-                "prompt",
-                params,
-                (req.max_tokens.or(Some(16)), "max_tokens"),
-                n,
-            )?;
-            Ok(job
-                .run(
-                    st.clone(),
-                    req.stream.unwrap_or(false),
-                    req.stream_options.map(|o| o.include_usage).unwrap_or(false),
-                )
-                .await)
         }
-        .await;
-        result.unwrap_or_else(IntoResponse::into_response)
     }
     .instrument(span)
     .await
 }
 
-async fn chat_completions(
+async fn completions(
     State(st): State<Arc<AppState>>,
-    _headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = tracing::info_span!(
-        "request",
-        id = generate::next_request_id("chatcmpl"),
-        endpoint = "chat"
-    );
-    async move {
-        let result = async {
-            let body = body_bytes(&st, body)?;
-            let req: ChatRequest = openai::parse(&body)?;
-            check_model(&st, &req.model)?;
-            let Some(template) = &st.template else {
-                return Err(ApiError::bad(
-                    "this model has no chat template; use /v1/completions",
-                    "messages",
-                ));
-            };
-            let text = template
-                .render(&req.messages()?, true)
-                .map_err(|e| ApiError::bad(e.to_string(), "messages"))?;
-            let prompts = tokenize(&st, vec![text], "messages").await?;
-            let knobs = req.knobs()?;
-            let (params, n) = knobs.sampling()?;
-            let job = Job::new(
-                &st,
-                Endpoint::Chat,
-                prompts,
-                "messages",
-                params,
-                (
-                    knobs.max_tokens,
-                    if req.max_completion_tokens.is_some() {
-                        "max_completion_tokens"
-                    } else {
-                        "max_tokens"
-                    },
-                ),
-                n,
-            )?;
-            Ok(job
-                .run(
-                    st.clone(),
-                    req.stream.unwrap_or(false),
-                    req.stream_options.map(|o| o.include_usage).unwrap_or(false),
-                )
-                .await)
-        }
-        .await;
-        result.unwrap_or_else(IntoResponse::into_response)
-    }
-    .instrument(span)
+    let id = generate::next_request_id("cmpl");
+    respond(
+        st.clone(),
+        id.clone(),
+        "completions",
+        prepare_completion(st, id, body),
+    )
     .await
+}
+
+async fn prepare_completion(
+    st: Arc<AppState>,
+    id: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Prepared, ApiError> {
+    let body = body_bytes(&st, body)?;
+    let req: CompletionRequest = openai::parse(&body)?;
+    check_model(&st, &req.model)?;
+    if req.echo.unwrap_or(false) {
+        return Err(ApiError::bad("`echo` is not supported", "echo"));
+    }
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        PromptInput::Text(t) => tokenize(&st, vec![t.clone()], "prompt").await?,
+        PromptInput::Texts(ts) => tokenize(&st, ts.clone(), "prompt").await?,
+        PromptInput::Tokens(ids) => vec![ids.clone()],
+        PromptInput::TokenBatches(b) => b.clone(),
+    };
+    let (params, n) = req.knobs().sampling()?;
+    let job = Job::new(
+        &st,
+        id,
+        Endpoint::Completion,
+        prompts,
+        "prompt",
+        params,
+        (req.max_tokens.or(Some(16)), "max_tokens"),
+        n,
+    )?;
+    Ok(Prepared {
+        job,
+        stream: req.stream.unwrap_or(false),
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let id = generate::next_request_id("chatcmpl");
+    respond(st.clone(), id.clone(), "chat", prepare_chat(st, id, body)).await
+}
+
+async fn prepare_chat(
+    st: Arc<AppState>,
+    id: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Prepared, ApiError> {
+    let body = body_bytes(&st, body)?;
+    let req: ChatRequest = openai::parse(&body)?;
+    check_model(&st, &req.model)?;
+    let Some(template) = &st.template else {
+        return Err(ApiError::bad(
+            "this model has no chat template; use /v1/completions",
+            "messages",
+        ));
+    };
+    let text = template
+        .render(&req.messages()?, true)
+        .map_err(|e| ApiError::bad(e.to_string(), "messages"))?;
+    let prompts = tokenize(&st, vec![text], "messages").await?;
+    let knobs = req.knobs()?;
+    let (params, n) = knobs.sampling()?;
+    let max_param = if req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let job = Job::new(
+        &st,
+        id,
+        Endpoint::Chat,
+        prompts,
+        "messages",
+        params,
+        (knobs.max_tokens, max_param),
+        n,
+    )?;
+    Ok(Prepared {
+        job,
+        stream: req.stream.unwrap_or(false),
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+    })
 }
 
 /// Tokenizes on the blocking pool: a megabyte of text takes a noticeable

@@ -125,7 +125,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: no new requests, finishing the ones in flight");
+    tracing::info!("shutting down: no new requests; ending the ones in flight");
 }
 
 async fn require_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -243,6 +243,60 @@ unsafe fn vec_dot_avx2(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     crate::simd::hsum(acc) + summs
 }
 
+/// Four rows of activations against one weight row: the weight codes are
+/// unpacked once per block and reused; each result goes through exactly the
+/// operations of [`vec_dot_q4_1_q8_1`], so it is bit-identical to a single
+/// call (batch invariance does not depend on how rows are grouped).
+#[inline]
+pub fn vec_dot_q4_1_q8_1_x4(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        // SAFETY: the target features are enabled at compile time.
+        unsafe { vec_dot_x4_avx2(w, xs) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        xs.map(|x| vec_dot_lanes(w, x))
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline]
+unsafe fn vec_dot_x4_avx2(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [0f32; 4];
+    for (b, wb) in w.iter().enumerate() {
+        let q = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
+        let lo = _mm_and_si128(q, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+        let qw = _mm256_set_m128i(hi, lo);
+        for r in 0..4 {
+            let xb = &xs[r][b];
+            let qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
+            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
+            let scale = _mm256_set1_ps(wb.d * xb.d);
+            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc[r]);
+            summs[r] = wb.m.mul_add(xb.s, summs[r]);
+        }
+    }
+    [0, 1, 2, 3].map(|r| crate::simd::hsum(acc[r]) + summs[r])
+}
+
 /// `out[m, n] = x[m, k] · Wᵀ` with activations quantized to Q8_1 per row.
 pub fn matmul_q4_1(x: &[f32], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Result<()> {
     let (n, k) = (w.n, w.k);
@@ -270,10 +324,22 @@ pub fn matmul_q4_1(x: &[f32], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Resu
         for r0 in (0..m).step_by(64) {
             for col in c0..c1 {
                 let wrow = &w.blocks[col * kb..(col + 1) * kb];
-                for r in r0..(r0 + 64).min(m) {
-                    let v = vec_dot_q4_1_q8_1(wrow, &xq[r * kb..(r + 1) * kb]);
-                    // SAFETY: each task writes only its own columns.
-                    unsafe { *out_ptr.0.add(r * n + col) = v };
+                let r1 = (r0 + 64).min(m);
+                let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+                let mut r = r0;
+                // SAFETY (all writes below): each task writes only its own columns.
+                while r + 4 <= r1 {
+                    let v = vec_dot_q4_1_q8_1_x4(
+                        wrow,
+                        [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
+                    );
+                    for (i, v) in v.into_iter().enumerate() {
+                        unsafe { *out_ptr.0.add((r + i) * n + col) = v };
+                    }
+                    r += 4;
+                }
+                for r in r..r1 {
+                    unsafe { *out_ptr.0.add(r * n + col) = vec_dot_q4_1_q8_1(wrow, xrow(r)) };
                 }
             }
         }

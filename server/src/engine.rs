@@ -134,9 +134,55 @@ pub struct EngineStats {
 pub struct GenerateOutput {
     pub token_ids: Vec<u32>,
     pub text: String,
+    /// `Abort` until the last event says otherwise.
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub logprobs: Vec<SampledToken>,
+    /// Set when the model failed on this request.
+    pub error: Option<String>,
+}
+
+impl Default for GenerateOutput {
+    fn default() -> Self {
+        Self {
+            token_ids: vec![],
+            text: String::new(),
+            finish_reason: FinishReason::Abort,
+            usage: Usage::default(),
+            logprobs: vec![],
+            error: None,
+        }
+    }
+}
+
+impl GenerateOutput {
+    /// Folds one event in; returns true on the request's last event.
+    pub fn push(&mut self, ev: EngineEvent) -> bool {
+        match ev {
+            EngineEvent::Token {
+                token_id,
+                text,
+                logprob,
+            } => {
+                self.token_ids.push(token_id);
+                self.text.push_str(&text);
+                self.logprobs.extend(logprob);
+                false
+            }
+            EngineEvent::Finished {
+                reason,
+                usage,
+                text,
+                error,
+            } => {
+                self.text.push_str(&text);
+                self.finish_reason = reason;
+                self.usage = usage;
+                self.error = error;
+                true
+            }
+        }
+    }
 }
 
 enum Command {
@@ -272,38 +318,13 @@ impl Engine {
 
 /// Drains a request's events into a [`GenerateOutput`] (blocking).
 pub fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> Result<GenerateOutput, EngineError> {
-    let mut out = GenerateOutput {
-        token_ids: vec![],
-        text: String::new(),
-        finish_reason: FinishReason::Abort,
-        usage: Usage::default(),
-        logprobs: vec![],
-    };
+    let mut out = GenerateOutput::default();
     while let Some(ev) = rx.blocking_recv() {
-        match ev {
-            EngineEvent::Token {
-                token_id,
-                text,
-                logprob,
-            } => {
-                out.token_ids.push(token_id);
-                out.text.push_str(&text);
-                out.logprobs.extend(logprob);
-            }
-            EngineEvent::Finished {
-                reason,
-                usage,
-                text,
-                error,
-            } => {
-                out.text.push_str(&text);
-                out.finish_reason = reason;
-                out.usage = usage;
-                if let Some(e) = error {
-                    return Err(EngineError::Rejected(e));
-                }
-                return Ok(out);
-            }
+        if out.push(ev) {
+            return match out.error.take() {
+                Some(e) => Err(EngineError::Rejected(e)),
+                None => Ok(out),
+            };
         }
     }
     Err(EngineError::Shutdown)

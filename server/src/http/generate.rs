@@ -8,7 +8,9 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::{EngineEvent, EventReceiver, FinishReason, GenerateRequest, RequestId, Usage};
+use crate::engine::{
+    EngineEvent, EventReceiver, FinishReason, GenerateOutput, GenerateRequest, RequestId, Usage,
+};
 use crate::sampler::{SampledToken, SamplingParams};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -179,7 +181,7 @@ impl Job {
         let mut choices = Vec::new();
         let mut usage = Usage::default();
         for (i, out) in outs.into_iter().enumerate() {
-            if out.reason == FinishReason::Error {
+            if out.finish_reason == FinishReason::Error {
                 return ApiError::Internal(out.error.unwrap_or_else(|| "generation failed".into()))
                     .into_response();
             }
@@ -189,12 +191,12 @@ impl Job {
                 .logprobs
                 .map(|_| logprobs_json(self.endpoint, tok, &out.logprobs));
             choices.push(match self.endpoint {
-                Endpoint::Completion => json!({ "index": i, "text": out.text, "logprobs": logprobs, "finish_reason": out.reason.as_str() }),
+                Endpoint::Completion => json!({ "index": i, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason.as_str() }),
                 Endpoint::Chat => json!({
                     "index": i,
                     "message": { "role": "assistant", "content": out.text },
                     "logprobs": logprobs,
-                    "finish_reason": out.reason.as_str(),
+                    "finish_reason": out.finish_reason.as_str(),
                 }),
             });
         }
@@ -335,42 +337,19 @@ impl Drop for Inflight {
     }
 }
 
-struct ChoiceOutput {
-    text: String,
-    logprobs: Vec<SampledToken>,
-    reason: FinishReason,
-    usage: Usage,
-    error: Option<String>,
-}
-
-async fn collect_choice(mut rx: EventReceiver, inflight: Arc<Inflight>, i: usize) -> ChoiceOutput {
-    let mut out = ChoiceOutput {
-        text: String::new(),
-        logprobs: vec![],
-        reason: FinishReason::Abort,
-        usage: Usage::default(),
-        error: None,
-    };
+async fn collect_choice(
+    mut rx: EventReceiver,
+    inflight: Arc<Inflight>,
+    i: usize,
+) -> GenerateOutput {
+    let mut out = GenerateOutput::default();
     while let Some(ev) = rx.recv().await {
-        match ev {
-            EngineEvent::Token { text, logprob, .. } => {
-                inflight.token(i);
-                out.text.push_str(&text);
-                out.logprobs.extend(logprob);
-            }
-            EngineEvent::Finished {
-                reason,
-                usage,
-                text,
-                error,
-            } => {
-                inflight.finish(i, reason, &usage);
-                out.text.push_str(&text);
-                out.reason = reason;
-                out.usage = usage;
-                out.error = error;
-                break;
-            }
+        match &ev {
+            EngineEvent::Token { .. } => inflight.token(i),
+            EngineEvent::Finished { reason, usage, .. } => inflight.finish(i, *reason, usage),
+        }
+        if out.push(ev) {
+            break;
         }
     }
     out

@@ -129,7 +129,7 @@ pub fn paged_attention(
             items.push((s, i));
         }
     }
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = crate::linear::SendPtr(out.as_mut_ptr());
     items.par_iter().for_each(|&(s, i)| {
         let seq = &seqs[s];
         let row = seq.query_start + i;
@@ -167,10 +167,6 @@ pub fn paged_attention(
     });
     Ok(())
 }
-
-struct OutPtr(*mut f32);
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
 
 fn validate(
     q: &[f32],

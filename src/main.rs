@@ -9,7 +9,9 @@ use server::runner::{start_llama_engine, EngineOptions};
 use server::sampler::SamplingParams;
 use std::path::PathBuf;
 
+mod bench_batching;
 mod bench_model;
+mod bench_serve;
 mod chat;
 
 #[derive(Parser)]
@@ -52,6 +54,10 @@ enum EvalCommand {
 enum BenchCommand {
     /// Raw model speed: prefill and batched decode, quantized against f32 weights.
     Model(BenchModelArgs),
+    /// Load-test any OpenAI-compatible server (sdlab, llama.cpp, vLLM) like `vllm bench serve`.
+    Serve(bench_serve::BenchServeArgs),
+    /// Naive against optimal batching in one process: sequential, static, continuous.
+    Batching(bench_batching::BenchBatchingArgs),
 }
 
 #[derive(Args)]
@@ -246,6 +252,8 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat_cmd(a),
         Command::Bench(BenchCommand::Model(a)) => bench_model_cmd(a),
+        Command::Bench(BenchCommand::Serve(a)) => bench_serve::run(a),
+        Command::Bench(BenchCommand::Batching(a)) => bench_batching::run(a),
         Command::Eval(EvalCommand::Perplexity(a)) => perplexity(a),
         Command::Model(ModelCommand::Synth(a)) => synth(a),
     };

@@ -127,6 +127,10 @@ pub struct EngineStats {
     pub prompt_tokens_computed: u64,
     pub generation_tokens: u64,
     pub requests_finished: u64,
+    /// Most sequences running in one step since the engine started.
+    pub peak_running: usize,
+    /// Most KV blocks held by sequences at once since the engine started.
+    pub peak_used_blocks: usize,
 }
 
 /// Everything a finished request produced, for callers that do not stream.
@@ -447,6 +451,10 @@ impl StepLoop {
         if out.scheduled.is_empty() {
             return;
         }
+        let bm = self.scheduler.block_manager();
+        let used = bm.num_blocks() - bm.num_free_blocks();
+        self.counters.peak_used_blocks = self.counters.peak_used_blocks.max(used);
+        self.counters.peak_running = self.counters.peak_running.max(out.scheduled.len());
         let mut batch = Vec::with_capacity(out.scheduled.len());
         for s in &out.scheduled {
             let seq = self.scheduler.get(s.id).expect("scheduled sequence exists");

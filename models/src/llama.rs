@@ -107,6 +107,25 @@ impl Llama {
         logit_rows: &[usize],
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
+        // The kernels fork into rayon's pool a few hundred times per forward.
+        // From a thread outside the pool, each fork is a cold injection that
+        // parks the caller on a lock; from inside it, a cheap join. So the
+        // whole pass runs on a pool thread.
+        if rayon::current_thread_index().is_none() {
+            let mut out = None;
+            rayon::scope(|_| out = Some(self.forward_in_pool(tokens, seqs, logit_rows, cache)));
+            return out.expect("the scope ran its body");
+        }
+        self.forward_in_pool(tokens, seqs, logit_rows, cache)
+    }
+
+    fn forward_in_pool(
+        &self,
+        tokens: &[u32],
+        seqs: &[SeqChunk<'_>],
+        logit_rows: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let (h, t) = (cfg.hidden_size, tokens.len());
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);

@@ -149,25 +149,109 @@ impl Q4_1Matrix {
 }
 
 /// Quantizes one row of activations to Q8_1, as llama.cpp's
-/// `quantize_row_q8_1` does.
+/// `quantize_row_q8_1` does (AVX2 when compiled in; bit-identical to
+/// [`quantize_row_q8_1_scalar`]).
 pub fn quantize_row_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
     for chunk in x.chunks_exact(QK) {
-        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
-        // llama.cpp's x86 path: `id = 127 / amax` and round half to even.
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut qs = [0i8; QK];
-        let mut sum = 0i32;
-        for (q, v) in qs.iter_mut().zip(chunk) {
-            *q = (v * id).round_ties_even() as i8;
-            sum += *q as i32;
-        }
-        out.push(BlockQ8_1 {
-            qs,
-            d: f16::from_f32(d).to_f32(),
-            s: f16::from_f32(sum as f32 * d).to_f32(),
-        });
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        // SAFETY: the target features are enabled at compile time.
+        out.push(unsafe { quantize_block_avx2(chunk) });
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        out.push(quantize_block(chunk));
     }
+}
+
+/// The scalar definition of [`quantize_row_q8_1`].
+pub fn quantize_row_q8_1_scalar(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    out.extend(x.chunks_exact(QK).map(quantize_block));
+}
+
+/// Every row of `x: [m, k]` quantized, rows one after another.
+pub fn quantize_rows_q8_1(x: &[f32], k: usize) -> Vec<BlockQ8_1> {
+    let mut xq = Vec::with_capacity(x.len() / QK);
+    for row in x.chunks_exact(k) {
+        quantize_row_q8_1(row, &mut xq);
+    }
+    xq
+}
+
+fn quantize_block(chunk: &[f32]) -> BlockQ8_1 {
+    let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+    // llama.cpp's x86 path: `id = 127 / amax` and round half to even.
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; QK];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(chunk) {
+        *q = (v * id).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    BlockQ8_1 {
+        qs,
+        d: f16::from_f32(d).to_f32(),
+        s: f16::from_f32(sum as f32 * d).to_f32(),
+    }
+}
+
+/// One block with AVX2: the same products, the same round-half-to-even
+/// (`_mm256_round_ps` to nearest), the same saturating narrowing, an exact
+/// integer sum, so the same bits as [`quantize_block`] for finite inputs.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline]
+unsafe fn quantize_block_avx2(chunk: &[f32]) -> BlockQ8_1 {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(chunk.len(), QK);
+    let p = chunk.as_ptr();
+    let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = v.map(|x| _mm256_andnot_ps(sign, x));
+    let m8 = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let idv = _mm256_set1_ps(id);
+    let q = v.map(|x| {
+        _mm256_cvtps_epi32(_mm256_round_ps(
+            _mm256_mul_ps(x, idv),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        ))
+    });
+    let sum8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(sum8),
+        _mm256_extracti128_si256(sum8, 1),
+    );
+    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b01)));
+    // Narrow with saturation (as `as i8` saturates), then undo the per-lane
+    // interleaving of the 256-bit packs.
+    let w16 = [
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    ];
+    let b8 = _mm256_packs_epi16(w16[0], w16[1]);
+    let ordered = _mm256_permutevar8x32_epi32(b8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut block = BlockQ8_1 {
+        qs: [0; QK],
+        d: f16::from_f32(d).to_f32(),
+        s: f16::from_f32(sum as f32 * d).to_f32(),
+    };
+    _mm256_store_si256(block.qs.as_mut_ptr() as *mut __m256i, ordered);
+    block
 }
 
 /// Dot product of one Q4_1 row with one Q8_1 row.
@@ -299,21 +383,30 @@ unsafe fn vec_dot_x4_avx2(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
 
 /// `out[m, n] = x[m, k] · Wᵀ` with activations quantized to Q8_1 per row.
 pub fn matmul_q4_1(x: &[f32], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Result<()> {
+    if x.len() != m * w.k {
+        return Err(shape_err(
+            "matmul_q4_1",
+            format!("x has {} values, want {m}x{}", x.len(), w.k),
+        ));
+    }
+    matmul_q4_1_q8(&quantize_rows_q8_1(x, w.k), m, w, out)
+}
+
+/// [`matmul_q4_1`] on activations already quantized (by
+/// [`quantize_rows_q8_1`]), so projections that read the same input (q, k
+/// and v; gate and up) quantize it once.
+pub fn matmul_q4_1_q8(xq: &[BlockQ8_1], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Result<()> {
     let (n, k) = (w.n, w.k);
-    if x.len() != m * k || out.len() != m * n {
+    let kb = k / QK;
+    if xq.len() != m * kb || out.len() != m * n {
         return Err(shape_err(
             "matmul_q4_1",
             format!(
-                "x has {} values (want {m}x{k}), out {} (want {m}x{n})",
-                x.len(),
+                "x has {} blocks (want {m}x{kb}), out {} values (want {m}x{n})",
+                xq.len(),
                 out.len()
             ),
         ));
-    }
-    let kb = k / QK;
-    let mut xq = Vec::with_capacity(m * kb);
-    for row in x.chunks_exact(k) {
-        quantize_row_q8_1(row, &mut xq);
     }
     let threads = rayon::current_num_threads().max(1);
     let chunk = n.div_ceil(threads * 4).clamp(1, 256);
@@ -350,6 +443,28 @@ pub fn matmul_q4_1(x: &[f32], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simd_quantization_matches_the_scalar_definition_bitwise() {
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / (1.0 + (i % 13) as f32))
+            .collect();
+        // Ties at .5 (after scaling), an all-zero block, tiny and huge values.
+        x[32..64].fill(0.0);
+        for (i, v) in x[64..96].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.5;
+        }
+        x[96] = 1e-30;
+        x[130] = -3e30;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_row_q8_1(&x, &mut a);
+        quantize_row_q8_1_scalar(&x, &mut b);
+        assert_eq!(a.len(), b.len());
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(p.qs, q.qs);
+            assert_eq!((p.d.to_bits(), p.s.to_bits()), (q.d.to_bits(), q.s.to_bits()));
+        }
+    }
 
     #[test]
     fn simd_and_portable_paths_agree_bitwise() {

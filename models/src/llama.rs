@@ -155,9 +155,8 @@ impl Llama {
         let mut attn = vec![0f32; t * nh * d];
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps);
-            let mut q = layer.wq.forward(&hn, t)?;
-            let mut k = layer.wk.forward(&hn, t)?;
-            let v = layer.wv.forward(&hn, t)?;
+            let [mut q, mut k, v] =
+                Linear::forward_shared([&layer.wq, &layer.wk, &layer.wv], &hn, t)?;
             self.rope(&mut q, &positions, nh);
             self.rope(&mut k, &positions, nkv);
             write_kv(
@@ -181,8 +180,7 @@ impl Llama {
             add_assign(&mut x, &layer.wo.forward(&attn, t)?);
 
             let hn = rms_norm(&x, &layer.ffn_norm, cfg.rms_norm_eps);
-            let mut gate = layer.w_gate.forward(&hn, t)?;
-            let up = layer.w_up.forward(&hn, t)?;
+            let [mut gate, up] = Linear::forward_shared([&layer.w_gate, &layer.w_up], &hn, t)?;
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }

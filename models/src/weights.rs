@@ -156,6 +156,36 @@ impl Linear {
     }
 
     /// Bytes of weight data read per forward pass.
+    /// Several projections of the same input (q, k, v; gate, up). When all
+    /// are Q4_1 the input is quantized to Q8_1 once instead of once each;
+    /// the outputs are the same bits as separate [`Self::forward`] calls.
+    pub fn forward_shared<const N: usize>(
+        layers: [&Linear; N],
+        x: &[f32],
+        m: usize,
+    ) -> Result<[Vec<f32>; N]> {
+        let k = layers[0].in_features();
+        let all_q4_1 = layers
+            .iter()
+            .all(|l| matches!(l, Self::Q4_1(w) if w.k == k));
+        if !all_q4_1 || x.len() != m * k {
+            let mut outs = layers.map(|_| Vec::new());
+            for (out, l) in outs.iter_mut().zip(layers) {
+                *out = l.forward(x, m)?;
+            }
+            return Ok(outs);
+        }
+        let xq = kernels::quant::quantize_rows_q8_1(x, k);
+        let mut outs = layers.map(|_| Vec::new());
+        for (out, l) in outs.iter_mut().zip(layers) {
+            if let Self::Q4_1(w) = l {
+                *out = vec![0f32; m * w.n];
+                kernels::quant::matmul_q4_1_q8(&xq, m, w, out)?;
+            }
+        }
+        Ok(outs)
+    }
+
     pub fn weight_bytes(&self) -> usize {
         match self {
             Self::Q4_1(w) => w.bytes(),

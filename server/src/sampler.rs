@@ -335,20 +335,8 @@ impl Sampler {
             cands.truncate(top_k);
         }
         if use_top_p {
-            cands.sort_unstable_by(by_logit_desc);
             let total: f64 = cands.iter().map(|&(_, l)| weight(l, max)).sum();
-            let target = f64::from(p.top_p) * total;
-            // Keep a token while the mass strictly before it is below top_p;
-            // the first token is always kept.
-            let mut before = 0.0;
-            let mut keep = 0;
-            for &(_, l) in &cands {
-                if keep > 0 && before >= target {
-                    break;
-                }
-                before += weight(l, max);
-                keep += 1;
-            }
+            let keep = top_p_prefix(&mut cands, f64::from(p.top_p) * total, max);
             cands.truncate(keep);
         }
         self.draw(cands.into_iter(), max, min_logit)
@@ -382,6 +370,33 @@ impl Sampler {
     }
 }
 
+/// Orders the most likely candidates first and returns how many top-p keeps:
+/// a token is kept while the mass strictly before it is below `target` (the
+/// first always is). Sorting the whole vocabulary costs milliseconds per
+/// token; the nucleus is usually a few hundred tokens, so this sorts a
+/// growing head (256, 1024, ...) and stops once the head holds the nucleus.
+/// The kept prefix is exactly that of a full sort (the order is total).
+fn top_p_prefix(cands: &mut [(u32, f32)], target: f64, max: f32) -> usize {
+    let mut head = 256.min(cands.len());
+    loop {
+        if head < cands.len() {
+            cands.select_nth_unstable_by(head - 1, by_logit_desc);
+        }
+        cands[..head].sort_unstable_by(by_logit_desc);
+        let mut before = 0.0;
+        for (keep, &(_, l)) in cands[..head].iter().enumerate() {
+            if keep > 0 && before >= target {
+                return keep;
+            }
+            before += weight(l, max);
+        }
+        if head == cands.len() {
+            return head;
+        }
+        head = (head * 4).min(cands.len());
+    }
+}
+
 /// Unnormalized probability of a (temperature-scaled) logit; NaN weighs 0.
 fn weight(l: f32, max: f32) -> f64 {
     if l.is_nan() {
@@ -402,14 +417,14 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 }
 
 /// Index of the largest logit; ties (and an all-NaN row) go to the lowest id.
+///
+/// Two passes the compiler vectorizes (the max, then its first position)
+/// instead of one branchy pass: greedy decoding runs this over the whole
+/// vocabulary for every sequence at every step.
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] || (logits[best].is_nan() && !l.is_nan()) {
-            best = i;
-        }
-    }
-    best as u32
+    // `f32::max` ignores NaN, so this is the largest non-NaN logit, or -inf.
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
 }
 
 /// `ln(sum(exp(l)))`, computed stably in f64.
@@ -637,6 +652,40 @@ mod tests {
         let want = 1.0 - (1.0f32.exp() + 1.0).ln();
         assert_eq!(second.token_id, 1);
         assert!((second.logprob.unwrap() - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn top_p_prefix_matches_a_full_sort() {
+        let logits = pseudo_logits(5000, 23);
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let all: Vec<(u32, f32)> = (0..).zip(logits.iter().map(|l| l * 4.0)).collect();
+        let mut sorted = all.clone();
+        sorted.sort_by(by_logit_desc);
+        let total: f64 = sorted.iter().map(|&(_, l)| weight(l, max * 4.0)).sum();
+        for top_p in [1e-9, 0.3, 0.9, 0.999, 0.999999, 1.0] {
+            let target = top_p * total;
+            let mut before = 0.0;
+            let mut want = 0;
+            for &(_, l) in &sorted {
+                if want > 0 && before >= target {
+                    break;
+                }
+                before += weight(l, max * 4.0);
+                want += 1;
+            }
+            let mut cands = all.clone();
+            let keep = top_p_prefix(&mut cands, target, max * 4.0);
+            assert_eq!(keep, want, "top_p {top_p}");
+            assert_eq!(cands[..keep], sorted[..want], "top_p {top_p}");
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.5, f32::NAN, 0.7]), 3);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
     }
 
     #[test]

@@ -207,7 +207,11 @@ async fn discover_model(client: &reqwest::Client, base: &str, key: Option<&str>)
 }
 
 async fn bench(a: &BenchServeArgs, base: String, prompts: Vec<dataset::Prompt>) -> Result<()> {
+    // A fresh connection per request: a pooled keep-alive connection that
+    // the server closed while idle (llama-server does after 5 s) would fail
+    // the next request on it, counting the client's reuse as a server error.
     let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
         .build()
         .context("building the HTTP client")?;
     let key = a.api_key.as_deref().filter(|k| !k.is_empty());

@@ -264,7 +264,7 @@ pub fn vec_dot_q4_1_q8_1(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     ))]
     {
         // SAFETY: the target features are enabled at compile time.
-        unsafe { vec_dot_avx2(w, x) }
+        unsafe { x86::dot1_avx2(w, x) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
@@ -300,33 +300,6 @@ pub fn vec_dot_lanes(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     crate::simd::fold8(acc) + summs
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline]
-unsafe fn vec_dot_avx2(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
-    use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for (wb, xb) in w.iter().zip(x) {
-        let q = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
-        let lo = _mm_and_si128(q, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-        let qw = _mm256_set_m128i(hi, lo);
-        let qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
-        let pairs = _mm256_maddubs_epi16(qw, qx);
-        let quads = _mm256_madd_epi16(pairs, ones);
-        let scale = _mm256_set1_ps(wb.d * xb.d);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc);
-        summs = wb.m.mul_add(xb.s, summs);
-    }
-    crate::simd::hsum(acc) + summs
-}
-
 /// Four rows of activations against one weight row: the weight codes are
 /// unpacked once per block and reused; each result goes through exactly the
 /// operations of [`vec_dot_q4_1_q8_1`], so it is bit-identical to a single
@@ -340,7 +313,7 @@ pub fn vec_dot_q4_1_q8_1_x4(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4]
     ))]
     {
         // SAFETY: the target features are enabled at compile time.
-        unsafe { vec_dot_x4_avx2(w, xs) }
+        unsafe { x86::dot4_avx2(w, xs) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
@@ -352,33 +325,123 @@ pub fn vec_dot_q4_1_q8_1_x4(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4]
     }
 }
 
+/// The x86 kernels, generated twice from one body: for AVX2 (the build's
+/// baseline, `maddubs` + `madd` per 32 products) and for AVX-512 VNNI, picked
+/// at run time where the CPU has it (one `vpdpbusd` per 32 products). Both
+/// compute the same exact integer sums, then the same float operations in
+/// the same order, so their results are bit-identical.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-#[inline]
-unsafe fn vec_dot_x4_avx2(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+mod x86 {
+    use super::{BlockQ8_1, PackedQ4_1};
     use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut summs = [0f32; 4];
-    for (b, wb) in w.iter().enumerate() {
+
+    /// Whether this CPU runs the VNNI variant (checked once).
+    pub fn has_vnni() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::env::var_os("SDLAB_NO_VNNI").is_none()
+        })
+    }
+
+    /// The 32 weight codes of a block as bytes (low nibbles, then high).
+    #[inline(always)]
+    unsafe fn unpack(wb: &PackedQ4_1) -> __m256i {
+        let mask = _mm_set1_epi8(0x0F);
         let q = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
         let lo = _mm_and_si128(q, mask);
         let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-        let qw = _mm256_set_m128i(hi, lo);
-        for r in 0..4 {
-            let xb = &xs[r][b];
-            let qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
-            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
-            let scale = _mm256_set1_ps(wb.d * xb.d);
-            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc[r]);
-            summs[r] = wb.m.mul_add(xb.s, summs[r]);
-        }
+        _mm256_set_m128i(hi, lo)
     }
-    [0, 1, 2, 3].map(|r| crate::simd::hsum(acc[r]) + summs[r])
+
+    macro_rules! q4_1_kernels {
+        ($feat:literal, $dot1:ident, $dot4:ident, $cols:ident, |$qw:ident, $qx:ident| $quads:expr) => {
+            /// One Q4_1 row times one Q8_1 row.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            pub unsafe fn $dot1(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                let mut summs = 0f32;
+                for (wb, xb) in w.iter().zip(x) {
+                    let $qw = unpack(wb);
+                    let $qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
+                    let quads = $quads;
+                    let scale = _mm256_set1_ps(wb.d * xb.d);
+                    acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc);
+                    summs = wb.m.mul_add(xb.s, summs);
+                }
+                crate::simd::hsum(acc) + summs
+            }
+
+            /// One Q4_1 row times four Q8_1 rows, codes unpacked once.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            pub unsafe fn $dot4(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut summs = [0f32; 4];
+                for (b, wb) in w.iter().enumerate() {
+                    let $qw = unpack(wb);
+                    for r in 0..4 {
+                        let xb = &xs[r][b];
+                        let $qx = _mm256_load_si256(xb.qs.as_ptr() as *const __m256i);
+                        let quads = $quads;
+                        let scale = _mm256_set1_ps(wb.d * xb.d);
+                        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(quads), acc[r]);
+                        summs[r] = wb.m.mul_add(xb.s, summs[r]);
+                    }
+                }
+                [0, 1, 2, 3].map(|r| crate::simd::hsum(acc[r]) + summs[r])
+            }
+
+            /// Output columns `cols` for every row: `out[r, col]`, written
+            /// through `out` (row stride `n`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $cols(
+                xq: &[BlockQ8_1],
+                m: usize,
+                w: &[PackedQ4_1],
+                kb: usize,
+                cols: std::ops::Range<usize>,
+                out: *mut f32,
+                n: usize,
+            ) {
+                for r0 in (0..m).step_by(64) {
+                    let r1 = (r0 + 64).min(m);
+                    for col in cols.clone() {
+                        let wrow = &w[col * kb..(col + 1) * kb];
+                        let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+                        let mut r = r0;
+                        while r + 4 <= r1 {
+                            let v = $dot4(wrow, [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)]);
+                            for (i, v) in v.into_iter().enumerate() {
+                                *out.add((r + i) * n + col) = v;
+                            }
+                            r += 4;
+                        }
+                        for r in r..r1 {
+                            *out.add(r * n + col) = $dot1(wrow, xrow(r));
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    q4_1_kernels!("avx2,fma", dot1_avx2, dot4_avx2, cols_avx2, |qw, qx| {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), _mm256_set1_epi16(1))
+    });
+    q4_1_kernels!(
+        "avx2,fma,avx512f,avx512vl,avx512vnni",
+        dot1_vnni,
+        dot4_vnni,
+        cols_vnni,
+        |qw, qx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), qw, qx)
+    );
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ` with activations quantized to Q8_1 per row.
@@ -411,33 +474,64 @@ pub fn matmul_q4_1_q8(xq: &[BlockQ8_1], m: usize, w: &Q4_1Matrix, out: &mut [f32
     let threads = rayon::current_num_threads().max(1);
     let chunk = n.div_ceil(threads * 4).clamp(1, 256);
     let out_ptr = crate::linear::SendPtr(out.as_mut_ptr());
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    let vnni = x86::has_vnni();
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let out_ptr = &out_ptr;
-        let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
-        for r0 in (0..m).step_by(64) {
-            for col in c0..c1 {
-                let wrow = &w.blocks[col * kb..(col + 1) * kb];
-                let r1 = (r0 + 64).min(m);
-                let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
-                let mut r = r0;
-                // SAFETY (all writes below): each task writes only its own columns.
-                while r + 4 <= r1 {
-                    let v = vec_dot_q4_1_q8_1_x4(
-                        wrow,
-                        [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
-                    );
-                    for (i, v) in v.into_iter().enumerate() {
-                        unsafe { *out_ptr.0.add((r + i) * n + col) = v };
-                    }
-                    r += 4;
-                }
-                for r in r..r1 {
-                    unsafe { *out_ptr.0.add(r * n + col) = vec_dot_q4_1_q8_1(wrow, xrow(r)) };
-                }
+        let out = out_ptr.0;
+        let cols = c * chunk..((c + 1) * chunk).min(n);
+        // SAFETY: each task writes only its own columns of `out`, which
+        // holds m x n values; the VNNI variant runs only where detected.
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        unsafe {
+            if vnni {
+                x86::cols_vnni(xq, m, &w.blocks, kb, cols, out, n)
+            } else {
+                x86::cols_avx2(xq, m, &w.blocks, kb, cols, out, n)
+            }
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        for col in cols {
+            let wrow = &w.blocks[col * kb..(col + 1) * kb];
+            for r in 0..m {
+                // SAFETY: as above.
+                unsafe { *out.add(r * n + col) = vec_dot_lanes(wrow, &xq[r * kb..(r + 1) * kb]) };
             }
         }
     });
     Ok(())
+}
+
+/// Whether the Q4_1 kernels run their AVX-512 VNNI variant on this CPU.
+pub fn uses_vnni() -> bool {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        x86::has_vnni()
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -464,6 +558,42 @@ mod tests {
             assert_eq!(p.qs, q.qs);
             assert_eq!((p.d.to_bits(), p.s.to_bits()), (q.d.to_bits(), q.s.to_bits()));
         }
+    }
+
+    /// The AVX-512 VNNI variant against the AVX2 one, bit for bit, through
+    /// the whole matmul (rows in fours and leftovers). Vacuous on CPUs
+    /// without VNNI, where the AVX2 variant is the only one that runs.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[test]
+    fn vnni_and_avx2_variants_agree_bitwise() {
+        if !x86::has_vnni() {
+            eprintln!("this CPU has no AVX-512 VNNI: only the AVX2 variant runs here");
+            return;
+        }
+        let (m, n, k) = (7, 5, 96);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+            .collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 11.0)
+            .collect();
+        let wq = Q4_1Matrix::quantize(&w, n, k).unwrap();
+        let xq = quantize_rows_q8_1(&x, k);
+        let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+        // SAFETY: VNNI was detected; each call writes its m x n output.
+        unsafe {
+            x86::cols_avx2(&xq, m, &wq.blocks, k / QK, 0..n, a.as_mut_ptr(), n);
+            x86::cols_vnni(&xq, m, &wq.blocks, k / QK, 0..n, b.as_mut_ptr(), n);
+        }
+        assert_eq!(
+            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(a.iter().any(|&v| v != 0.0));
     }
 
     #[test]

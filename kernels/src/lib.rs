@@ -18,6 +18,7 @@
 
 pub mod attention;
 pub mod linear;
+pub mod q8_0;
 pub mod quant;
 pub mod reference;
 pub mod simd;

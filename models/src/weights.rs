@@ -53,6 +53,8 @@ impl std::fmt::Display for WeightFormat {
 pub enum Linear {
     /// Q4_1 weights on sdlab's AVX2 kernel (activations quantized to Q8_1 as llama.cpp does).
     Q4_1(kernels::quant::Q4_1Matrix),
+    /// Q8_0 weights on sdlab's kernel (the same bits as candle's `QMatMul`).
+    Q8_0(kernels::q8_0::Q8_0Matrix),
     /// Other quantized formats on candle's kernels.
     Quantized {
         qm: QMatMul,
@@ -89,7 +91,14 @@ impl Linear {
     /// From a GGUF tensor, keeping it quantized or not.
     pub fn from_qtensor(t: QTensor, quantized: bool) -> Result<Self> {
         let (out_features, in_features) = t.shape().dims2()?;
-        if quantized && t.dtype() == GgmlDType::Q4_1 {
+        if quantized && t.dtype() == GgmlDType::Q8_0 {
+            let bytes = t.data()?;
+            Ok(Self::Q8_0(kernels::q8_0::Q8_0Matrix::from_bytes(
+                &bytes,
+                out_features,
+                in_features,
+            )?))
+        } else if quantized && t.dtype() == GgmlDType::Q4_1 {
             let bytes = t.data()?;
             Ok(Self::Q4_1(kernels::quant::Q4_1Matrix::from_bytes(
                 &bytes,
@@ -116,6 +125,7 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         match self {
             Self::Q4_1(w) => w.n,
+            Self::Q8_0(w) => w.n,
             Self::Quantized { out_features, .. } | Self::Dense { out_features, .. } => {
                 *out_features
             }
@@ -125,6 +135,7 @@ impl Linear {
     pub fn in_features(&self) -> usize {
         match self {
             Self::Q4_1(w) => w.k,
+            Self::Q8_0(w) => w.k,
             Self::Quantized { in_features, .. } | Self::Dense { in_features, .. } => *in_features,
         }
     }
@@ -135,6 +146,11 @@ impl Linear {
             Self::Q4_1(w) => {
                 let mut out = vec![0f32; m * w.n];
                 kernels::quant::matmul_q4_1(x, m, w, &mut out)?;
+                Ok(out)
+            }
+            Self::Q8_0(w) => {
+                let mut out = vec![0f32; m * w.n];
+                kernels::q8_0::matmul_q8_0(x, m, w, &mut out)?;
                 Ok(out)
             }
             Self::Quantized {
@@ -189,6 +205,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         match self {
             Self::Q4_1(w) => w.bytes(),
+            Self::Q8_0(w) => w.bytes(),
             Self::Quantized {
                 qm: QMatMul::QTensor(t),
                 ..
@@ -204,5 +221,37 @@ impl Linear {
                 ..
             } => out_features * in_features * 4,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sdlab's Q8_0 kernel gives candle's `QMatMul` bits exactly, so moving
+    /// the LM head off candle changed no logit.
+    #[test]
+    fn q8_0_linear_matches_candle_bitwise() {
+        let (n, k, m) = (40, 128, 5);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 300.0)
+            .collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 31 % 211) as f32 - 105.0) / 40.0)
+            .collect();
+        let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
+        let q = || QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+        let ours = Linear::from_qtensor(q(), true).unwrap();
+        assert!(matches!(ours, Linear::Q8_0(_)));
+        let candle = Linear::Quantized {
+            qm: QMatMul::from_qtensor(q()).unwrap(),
+            out_features: n,
+            in_features: k,
+        };
+        let (a, b) = (ours.forward(&x, m).unwrap(), candle.forward(&x, m).unwrap());
+        assert_eq!(
+            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

@@ -556,7 +556,10 @@ mod tests {
         assert_eq!(a.len(), b.len());
         for (p, q) in a.iter().zip(&b) {
             assert_eq!(p.qs, q.qs);
-            assert_eq!((p.d.to_bits(), p.s.to_bits()), (q.d.to_bits(), q.s.to_bits()));
+            assert_eq!(
+                (p.d.to_bits(), p.s.to_bits()),
+                (q.d.to_bits(), q.s.to_bits())
+            );
         }
     }
 

@@ -50,6 +50,7 @@ check: lint test
 ## quantized against f32 weights (see docs/BENCHMARKS.md).
 bench: models build
 	$(RELEASE) bench model --model $(MODEL)
+	$(RELEASE) bench batching --model $(MODEL) --json target/bench-batching.json --plot target/bench-batching.svg
 
 clean:
 	$(CARGO) clean

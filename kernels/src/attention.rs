@@ -14,7 +14,28 @@
 //! head `h` reads KV head `h / (num_heads / num_kv_heads)`.
 //!
 //! Each (token, head) output is computed independently with a fixed order of
-//! operations, so it does not depend on what else is in the batch.
+//! operations, so it does not depend on what else is in the batch: scores
+//! `simd::dot(q, k) * scale`, their max, `exp(score - max)` summed in position
+//! order, `w = e * (1 / sum)`, and each output element accumulated as
+//! `o = fma(v, w, o)` in position order from 0.0 (what a loop of
+//! [`simd::axpy`] does; that loop is the portable path).
+//!
+//! How, for speed (decode attention is memory bound and this kernel is a
+//! large share of serving time), without changing any of those operations:
+//! - A work item is one output row, all of its heads, so it walks each of its
+//!   blocks' K (then V) rows, contiguous in the pool, once; and each K or V row
+//!   serves all the query heads of its KV head (GQA) instead of being read
+//!   once per query head. With fewer rows than threads (small decode
+//!   batches) and called on a rayon thread, as the model calls it: one item
+//!   per (row, KV head) instead.
+//! - With AVX2+FMA, scores come four positions times up to three heads at a
+//!   time: twelve independent [`simd::dot`] chains, reduced side by side in
+//!   [`simd::fold8`]'s order. The weighted sum keeps up to three heads times
+//!   32 output columns in registers over a chunk of 16 positions, instead of
+//!   loading and storing the output row at every position. Rows are
+//!   prefetched 16 positions ahead, since the blocks are scattered.
+//! - The `expf` calls come before the sums (three heads side by side), so
+//!   the serial additions neither wait on them nor spill around them.
 
 use crate::{shape_err, simd, Result};
 use rayon::prelude::*;
@@ -101,8 +122,21 @@ pub fn write_kv(
     Ok(())
 }
 
+/// Per-thread scratch, reused across work items and calls.
+#[derive(Default)]
+struct Scratch {
+    /// Pool offset of each context position's row (all KV heads), in order.
+    rows: Vec<usize>,
+    /// `[heads, positions]`: scores, then softmax weights.
+    weights: Vec<f32>,
+    /// Each head's score maximum.
+    maxes: Vec<f32>,
+    /// Each head's running maximum over four positions at a time.
+    lanes: Vec<[f32; 4]>,
+}
+
 thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Batched paged attention; `q` and `out` are `[tokens, num_heads * head_dim]`.
@@ -122,50 +156,550 @@ pub fn paged_attention(
     validate(q, k_cache, v_cache, layout, num_heads, seqs, out)?;
     let group = num_heads / layout.num_kv_heads;
 
-    // Work items: (sequence, query index) pairs, one output row each.
-    let mut items = Vec::with_capacity(q.len() / width);
+    // Work items: one output row each, all heads, so that the item walks
+    // each block's K (then V) rows of all KV heads, contiguous in the pool.
+    // With fewer rows than threads (small decode batches), one item per
+    // (row, KV head) instead, so that idle threads share the work, but only
+    // when called on a rayon thread (as the model calls it): from outside,
+    // forking is a cold injection into the pool while the caller idles, which
+    // measured slower than one thread even for a single 2048-token decode.
+    // Either way every output value is computed by the same operations.
+    let rows: usize = seqs.iter().map(|s| s.query_len).sum();
+    let split = rows < rayon::current_num_threads() && rayon::current_thread_index().is_some();
+    let kv_per_item = if split { 1 } else { layout.num_kv_heads };
+    let mut items = Vec::with_capacity(rows * layout.num_kv_heads / kv_per_item);
     for (s, seq) in seqs.iter().enumerate() {
         for i in 0..seq.query_len {
-            items.push((s, i));
+            for kv0 in (0..layout.num_kv_heads).step_by(kv_per_item) {
+                items.push((s, i, kv0));
+            }
         }
     }
     let out_ptr = crate::linear::SendPtr(out.as_mut_ptr());
-    items.par_iter().for_each(|&(s, i)| {
+    items.par_iter().for_each(|&(s, i, kv0)| {
         let seq = &seqs[s];
         let row = seq.query_start + i;
         let position = seq.context_len - seq.query_len + i;
+        let start = row * width + kv0 * group * d;
+        let len = kv_per_item * group * d;
         let out_ptr = &out_ptr;
-        SCORES.with(|scores| {
-            let mut scores = scores.borrow_mut();
-            scores.resize(position + 1, 0.0);
-            for h in 0..num_heads {
-                let kvh = h / group;
-                let qh = &q[row * width + h * d..row * width + (h + 1) * d];
-                let mut max = f32::NEG_INFINITY;
-                for (p, score) in scores.iter_mut().enumerate() {
-                    let off = layout.offset(layout.slot(seq.block_table, p), kvh);
-                    *score = simd::dot(qh, &k_cache[off..off + d]) * scale;
-                    max = max.max(*score);
-                }
-                let mut sum = 0f32;
-                for score in scores.iter_mut() {
-                    *score = (*score - max).exp();
-                    sum += *score;
-                }
-                let inv = 1.0 / sum;
-                // SAFETY: each (row, head) output range is written by exactly one item.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.0.add(row * width + h * d), d)
-                };
-                o.fill(0.0);
-                for (p, score) in scores.iter().enumerate() {
-                    let off = layout.offset(layout.slot(seq.block_table, p), kvh);
-                    simd::axpy(o, score * inv, &v_cache[off..off + d]);
-                }
-            }
+        // SAFETY: each (row, KV heads) output range is written by exactly one item.
+        let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(start), len) };
+        SCRATCH.with(|scratch| {
+            attend(
+                &q[start..start + len],
+                k_cache,
+                v_cache,
+                layout,
+                seq.block_table,
+                kv0,
+                group,
+                position + 1,
+                scale,
+                &mut scratch.borrow_mut(),
+                og,
+            );
         });
     });
     Ok(())
+}
+
+/// Attention of query heads `qg` (`[heads, head_dim]`, KV heads from `kv0`
+/// on, `group` query heads each) over context positions `0..n`, into `og`
+/// (same shape).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    qg: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    layout: KvLayout,
+    block_table: &[u32],
+    kv0: usize,
+    group: usize,
+    n: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    og: &mut [f32],
+) {
+    let d = layout.head_dim;
+    let heads = qg.len() / d;
+    let Scratch {
+        rows,
+        weights,
+        maxes,
+        lanes,
+    } = scratch;
+
+    // Row offsets, walking the block table once instead of dividing per
+    // position; a head's K/V row is at `row + (kv0 + h / group) * d`.
+    rows.clear();
+    for (b, &block) in block_table
+        .iter()
+        .enumerate()
+        .take(n.div_ceil(layout.block_size))
+    {
+        let first = block as usize * layout.block_size;
+        let len = layout.block_size.min(n - b * layout.block_size);
+        rows.extend((first..first + len).map(|slot| layout.offset(slot, 0)));
+    }
+    let at = Heads {
+        col0: kv0 * d,
+        group,
+        d,
+    };
+
+    weights.resize(heads * n, 0.0);
+    maxes.clear();
+    maxes.resize(heads, f32::NEG_INFINITY);
+    scores(qg, k_cache, rows, at, scale, weights, maxes, lanes);
+    softmax(weights, n, maxes);
+    weighted_sum(v_cache, rows, at, weights, og);
+}
+
+/// Where a work item's heads read their K/V rows: head `h` (counted from the
+/// item's first) reads `d` values at `row + col0 + (h / group) * d`.
+#[derive(Clone, Copy)]
+struct Heads {
+    col0: usize,
+    group: usize,
+    d: usize,
+}
+
+impl Heads {
+    #[inline]
+    fn col(&self, h: usize) -> usize {
+        self.col0 + h / self.group * self.d
+    }
+}
+
+/// `weights[h][p] = simd::dot(qg[h], K[p][h]) * scale` and
+/// `maxes[h] = max_p weights[h][p]` (from `-inf`, NaN skipped as `f32::max`
+/// skips it).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn scores(
+    qg: &[f32],
+    k_cache: &[f32],
+    rows: &[usize],
+    at: Heads,
+    scale: f32,
+    weights: &mut [f32],
+    maxes: &mut [f32],
+    lanes: &mut Vec<[f32; 4]>,
+) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if at.d.is_multiple_of(8) {
+        debug_assert!(rows
+            .iter()
+            .all(|&r| r + at.col(qg.len() / at.d - 1) + at.d <= k_cache.len()));
+        // SAFETY: the target features are enabled at compile time, and every
+        // head's row lies in `k_cache` (validated block ids and KV heads).
+        unsafe { scores_avx2(qg, k_cache, rows, at, scale, weights, maxes, lanes) };
+        return;
+    }
+    let _ = lanes;
+    scores_from(qg, k_cache, rows, 0, at, scale, weights, maxes);
+}
+
+/// Scores of positions `from..`, one position at a time: the generic path and
+/// the remainder of the tiled one.
+#[allow(clippy::too_many_arguments)]
+fn scores_from(
+    qg: &[f32],
+    k_cache: &[f32],
+    rows: &[usize],
+    from: usize,
+    at: Heads,
+    scale: f32,
+    weights: &mut [f32],
+    maxes: &mut [f32],
+) {
+    let (n, d) = (rows.len(), at.d);
+    for (p, &row) in rows.iter().enumerate().skip(from) {
+        for (h, (qh, max)) in qg.chunks_exact(d).zip(maxes.iter_mut()).enumerate() {
+            let off = row + at.col(h);
+            let score = simd::dot(qh, &k_cache[off..off + d]) * scale;
+            weights[h * n + p] = score;
+            *max = max.max(score);
+        }
+    }
+}
+
+/// Softmax of each head's row of `weights` (`[heads, n]`, maxima `maxes`):
+/// `e = exp(x - max)`, `sum` of the `e` in position order, `w = e * (1 / sum)`.
+/// All exponentials come first and the sums after, three heads side by side,
+/// so the sums' serial additions neither wait on nor spill around `expf` calls.
+fn softmax(weights: &mut [f32], n: usize, maxes: &[f32]) {
+    for (w, &max) in weights.chunks_exact_mut(n).zip(maxes) {
+        for x in w.iter_mut() {
+            *x = (*x - max).exp();
+        }
+    }
+    for heads in weights.chunks_mut(3 * n) {
+        let mut sums = [0f32; 3];
+        match heads.len() / n {
+            1 => sums[..1].copy_from_slice(&row_sums::<1>(heads, n)),
+            2 => sums[..2].copy_from_slice(&row_sums::<2>(heads, n)),
+            _ => sums = row_sums::<3>(heads, n),
+        }
+        for (w, sum) in heads.chunks_exact_mut(n).zip(sums) {
+            let inv = 1.0 / sum;
+            for x in w.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
+}
+
+/// Sums of the `H` rows of `w` (`[H, n]`), each in position order.
+#[inline(always)]
+fn row_sums<const H: usize>(w: &[f32], n: usize) -> [f32; H] {
+    let rows: [&[f32]; H] = std::array::from_fn(|h| &w[h * n..(h + 1) * n]);
+    let mut sums = [0f32; H];
+    for p in 0..n {
+        for (sum, row) in sums.iter_mut().zip(&rows) {
+            *sum += row[p];
+        }
+    }
+    sums
+}
+
+/// `og[h] = sum_p weights[h][p] * V[p][h]`, each element accumulated by fused
+/// multiply-adds in position order starting from 0.0.
+#[inline]
+fn weighted_sum(v_cache: &[f32], rows: &[usize], at: Heads, weights: &[f32], og: &mut [f32]) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        debug_assert!(rows
+            .iter()
+            .all(|&r| r + at.col(og.len() / at.d - 1) + at.d <= v_cache.len()));
+        // SAFETY: as in `scores`.
+        unsafe { weighted_sum_avx2(v_cache, rows, at, weights, og) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        weighted_sum_portable(v_cache, rows, at, weights, og)
+    }
+}
+
+/// Portable path: the same per-element operations in the same order.
+#[allow(dead_code)]
+fn weighted_sum_portable(
+    v_cache: &[f32],
+    rows: &[usize],
+    at: Heads,
+    weights: &[f32],
+    og: &mut [f32],
+) {
+    let (n, d) = (rows.len(), at.d);
+    for (h, (o, w)) in og
+        .chunks_exact_mut(d)
+        .zip(weights.chunks_exact(n))
+        .enumerate()
+    {
+        o.fill(0.0);
+        for (&row, &wp) in rows.iter().zip(w) {
+            let off = row + at.col(h);
+            simd::axpy(o, wp, &v_cache[off..off + d]);
+        }
+    }
+}
+
+/// How many positions ahead the K and V rows are prefetched: a sequence's
+/// blocks are scattered over the pool, which the hardware prefetchers do not
+/// follow. Also the positions per chunk of the weighted sum.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+const AHEAD: usize = 16;
+
+/// Query heads per register tile (one KV head's group, or part of it).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+const TILE_HEADS: usize = 3;
+
+/// 8-float vectors of the head dim per register tile of the weighted sum.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+const TILE_VECS: usize = 4;
+
+/// Prefetches the cache lines of `len` floats from `p` into L1.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn prefetch(p: *const f32, len: usize) {
+    use std::arch::x86_64::*;
+    for i in (0..len).step_by(16) {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(i).cast());
+    }
+}
+
+/// Four positions at a time, K rows of all the item's heads, for each KV
+/// head and up to [`TILE_HEADS`] of its query heads: one register tile of
+/// independent accumulator chains (see [`score_tile`]).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores_avx2(
+    qg: &[f32],
+    k_cache: &[f32],
+    rows: &[usize],
+    at: Heads,
+    scale: f32,
+    weights: &mut [f32],
+    maxes: &mut [f32],
+    lanes: &mut Vec<[f32; 4]>,
+) {
+    let (n, d) = (rows.len(), at.d);
+    let heads = qg.len() / d;
+    let tiled = n / 4 * 4;
+    lanes.clear();
+    lanes.resize(heads, [f32::NEG_INFINITY; 4]);
+    let k = k_cache.as_ptr().add(at.col0);
+    let span = heads / at.group * d;
+    for p in (0..tiled).step_by(4) {
+        for &ahead in rows.iter().skip(p + AHEAD).take(4) {
+            prefetch(k.add(ahead), span);
+        }
+        let kp = [
+            k.add(rows[p]),
+            k.add(rows[p + 1]),
+            k.add(rows[p + 2]),
+            k.add(rows[p + 3]),
+        ];
+        for kv in 0..heads / at.group {
+            let kp = kp.map(|r| r.add(kv * d));
+            let group_end = (kv + 1) * at.group;
+            for h0 in (kv * at.group..group_end).step_by(TILE_HEADS) {
+                let q = qg.as_ptr().add(h0 * d);
+                let w = weights.as_mut_ptr().add(h0 * n + p);
+                let m = lanes.as_mut_ptr().add(h0);
+                match TILE_HEADS.min(group_end - h0) {
+                    1 => score_tile::<1>(q, kp, d, n, scale, w, m),
+                    2 => score_tile::<2>(q, kp, d, n, scale, w, m),
+                    _ => score_tile::<3>(q, kp, d, n, scale, w, m),
+                }
+            }
+        }
+    }
+    for (max, lanes) in maxes.iter_mut().zip(lanes.iter()) {
+        for &l in lanes {
+            *max = max.max(l);
+        }
+    }
+    scores_from(qg, k_cache, rows, tiled, at, scale, weights, maxes);
+}
+
+/// Scores of `H` heads (rows of `d` from `q`) at four positions (K rows at
+/// `kp`): 4H independent accumulator chains, each exactly [`simd::dot`]'s
+/// (fused multiply-adds from 0.0 over the 8-float chunks in order), reduced
+/// side by side by [`hsum4`] in [`simd::fold8`]'s order, times `scale`,
+/// stored at `w[h * n..][..4]`, and maxed into `lanes[h]`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn score_tile<const H: usize>(
+    q: *const f32,
+    kp: [*const f32; 4],
+    d: usize,
+    n: usize,
+    scale: f32,
+    w: *mut f32,
+    lanes: *mut [f32; 4],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 4]; H];
+    for j in (0..d).step_by(8) {
+        let mut qv = [_mm256_setzero_ps(); H];
+        for (h, qv) in qv.iter_mut().enumerate() {
+            *qv = _mm256_loadu_ps(q.add(h * d + j));
+        }
+        for (i, kp) in kp.iter().enumerate() {
+            let kv = _mm256_loadu_ps(kp.add(j));
+            for (acc, &qv) in acc.iter_mut().zip(&qv) {
+                acc[i] = _mm256_fmadd_ps(qv, kv, acc[i]);
+            }
+        }
+    }
+    for (h, acc) in acc.iter().enumerate() {
+        let s = _mm_mul_ps(hsum4(acc), _mm_set1_ps(scale));
+        _mm_storeu_ps(w.add(h * n), s);
+        // NaN scores are skipped, as `f32::max` skips them: `maxps`
+        // returns its second operand when either is NaN.
+        let m = lanes.add(h).cast::<f32>();
+        _mm_storeu_ps(m, _mm_max_ps(s, _mm_loadu_ps(m)));
+    }
+}
+
+/// `[hsum(a[0]), hsum(a[1]), hsum(a[2]), hsum(a[3])]`: four horizontal sums
+/// with exactly [`simd::fold8`]'s additions (`l_i + l_{i+4}`, then
+/// `q0 + q2`, `q1 + q3`, then `p0 + p1`), done side by side.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn hsum4(a: &[std::arch::x86_64::__m256; 4]) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    // [q(a0) | q(a2)] and [q(a1) | q(a3)], q(x) = x.lo + x.hi.
+    let s02 = _mm256_add_ps(
+        _mm256_permute2f128_ps(a[0], a[2], 0x20),
+        _mm256_permute2f128_ps(a[0], a[2], 0x31),
+    );
+    let s13 = _mm256_add_ps(
+        _mm256_permute2f128_ps(a[1], a[3], 0x20),
+        _mm256_permute2f128_ps(a[1], a[3], 0x31),
+    );
+    // [p(a0), p(a1) | p(a2), p(a3)], p(x) = [q0 + q2, q1 + q3].
+    let p = _mm256_add_ps(
+        _mm256_shuffle_ps(s02, s13, 0b01_00_01_00),
+        _mm256_shuffle_ps(s02, s13, 0b11_10_11_10),
+    );
+    // [p0 + p1 for a0, a1, a2, a3].
+    _mm_hadd_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1))
+}
+
+/// Chunks of [`AHEAD`] positions; within a chunk, for each KV head, up to
+/// [`TILE_HEADS`] of its query heads times [`TILE_VECS`] vectors of output
+/// held in registers (see [`value_tile`]), so a chunk's V rows are read from
+/// memory once and then from L1, and the outputs are loaded and stored once
+/// per chunk instead of once per position.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+unsafe fn weighted_sum_avx2(
+    v_cache: &[f32],
+    rows: &[usize],
+    at: Heads,
+    weights: &[f32],
+    og: &mut [f32],
+) {
+    let (n, d) = (rows.len(), at.d);
+    let heads = og.len() / d;
+    let d8 = d / 8 * 8;
+    og.fill(0.0);
+    let o = og.as_mut_ptr();
+    for c in (0..n).step_by(AHEAD) {
+        let chunk = c..(c + AHEAD).min(n);
+        for kv in 0..heads / at.group {
+            let v = v_cache.as_ptr().add(at.col0 + kv * d);
+            let group_end = (kv + 1) * at.group;
+            for h0 in (kv * at.group..group_end).step_by(TILE_HEADS) {
+                let hn = TILE_HEADS.min(group_end - h0);
+                let w = weights.as_ptr().add(h0 * n);
+                for c0 in (0..d8).step_by(8 * TILE_VECS) {
+                    let (v, o) = (v.add(c0), o.add(h0 * d + c0));
+                    let p = chunk.clone();
+                    match (hn, TILE_VECS.min((d8 - c0) / 8)) {
+                        (1, 1) => value_tile::<1, 1>(v, rows, p, w, n, o, d),
+                        (1, 2) => value_tile::<1, 2>(v, rows, p, w, n, o, d),
+                        (1, 3) => value_tile::<1, 3>(v, rows, p, w, n, o, d),
+                        (1, _) => value_tile::<1, 4>(v, rows, p, w, n, o, d),
+                        (2, 1) => value_tile::<2, 1>(v, rows, p, w, n, o, d),
+                        (2, 2) => value_tile::<2, 2>(v, rows, p, w, n, o, d),
+                        (2, 3) => value_tile::<2, 3>(v, rows, p, w, n, o, d),
+                        (2, _) => value_tile::<2, 4>(v, rows, p, w, n, o, d),
+                        (_, 1) => value_tile::<3, 1>(v, rows, p, w, n, o, d),
+                        (_, 2) => value_tile::<3, 2>(v, rows, p, w, n, o, d),
+                        (_, 3) => value_tile::<3, 3>(v, rows, p, w, n, o, d),
+                        (_, _) => value_tile::<3, 4>(v, rows, p, w, n, o, d),
+                    }
+                }
+                // Tail of a head dim that is not a multiple of 8.
+                for h in h0..h0 + hn {
+                    for col in d8..d {
+                        let mut acc = *o.add(h * d + col);
+                        for p in chunk.clone() {
+                            acc = (*v.add(rows[p] + col)).mul_add(*w.add((h - h0) * n + p), acc);
+                        }
+                        *o.add(h * d + col) = acc;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `H` heads times `V` vectors of output, loaded from `o` into registers,
+/// accumulated over `positions` in order, `o[h][j] = fma(V[p][j], w[h][p],
+/// o[h][j])`, and stored back. `v` points at the tile's first column of the
+/// KV head, `w` at the first head's weights; also prefetches the tile's
+/// columns [`AHEAD`] positions on.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn value_tile<const H: usize, const V: usize>(
+    v: *const f32,
+    rows: &[usize],
+    positions: std::ops::Range<usize>,
+    w: *const f32,
+    n: usize,
+    o: *mut f32,
+    d: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); V]; H];
+    for (h, acc) in acc.iter_mut().enumerate() {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_loadu_ps(o.add(h * d + 8 * j));
+        }
+    }
+    for p in positions {
+        if let Some(&ahead) = rows.get(p + AHEAD) {
+            prefetch(v.add(ahead), 8 * V);
+        }
+        let vp = v.add(rows[p]);
+        let mut wv = [_mm256_setzero_ps(); H];
+        for (h, wv) in wv.iter_mut().enumerate() {
+            *wv = _mm256_set1_ps(*w.add(h * n + p));
+        }
+        for j in 0..V {
+            let x = _mm256_loadu_ps(vp.add(8 * j));
+            for (acc, &wv) in acc.iter_mut().zip(&wv) {
+                acc[j] = _mm256_fmadd_ps(x, wv, acc[j]);
+            }
+        }
+    }
+    for (h, acc) in acc.iter().enumerate() {
+        for (j, &a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.add(h * d + 8 * j), a);
+        }
+    }
 }
 
 fn validate(
@@ -218,4 +752,86 @@ fn validate(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatching (SIMD, tiled) steps against the portable ones and the
+    /// plain softmax loop, bit for bit, over head dims, GQA groups, KV head
+    /// offsets and position counts that exercise every tile shape and tail.
+    #[test]
+    fn tiled_and_portable_paths_agree_bitwise() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for d in [64usize, 32, 80, 8, 24, 7, 33] {
+            for (kvs, group) in [(1usize, 1usize), (1, 3), (3, 3), (2, 4), (1, 5), (1, 8)] {
+                for n in [1usize, 3, 4, 5, 16, 17, 40, 129] {
+                    // One more KV head than the item reads, which starts at the second.
+                    let row_len = (kvs + 1) * d;
+                    let pool_rows = n + 3;
+                    let k: Vec<f32> = (0..pool_rows * row_len).map(|_| 3.0 * rand()).collect();
+                    let v: Vec<f32> = (0..pool_rows * row_len).map(|_| rand()).collect();
+                    let rows: Vec<usize> =
+                        (0..n).map(|p| (p * 7 + 2) % pool_rows * row_len).collect();
+                    let heads = kvs * group;
+                    let q: Vec<f32> = (0..heads * d).map(|_| 3.0 * rand()).collect();
+                    let at = Heads { col0: d, group, d };
+                    let scale = 1.0 / (d as f32).sqrt();
+
+                    let mut w = vec![0f32; heads * n];
+                    let mut m = vec![f32::NEG_INFINITY; heads];
+                    scores(&q, &k, &rows, at, scale, &mut w, &mut m, &mut Vec::new());
+                    let mut w_ref = vec![0f32; heads * n];
+                    let mut m_ref = vec![f32::NEG_INFINITY; heads];
+                    scores_from(&q, &k, &rows, 0, at, scale, &mut w_ref, &mut m_ref);
+                    assert_eq!(
+                        bits(&w),
+                        bits(&w_ref),
+                        "scores d={d} kvs={kvs} g={group} n={n}"
+                    );
+                    assert_eq!(
+                        bits(&m),
+                        bits(&m_ref),
+                        "maxes d={d} kvs={kvs} g={group} n={n}"
+                    );
+
+                    softmax(&mut w, n, &m);
+                    for (row, &max) in w_ref.chunks_exact_mut(n).zip(&m_ref) {
+                        let mut sum = 0f32;
+                        for x in row.iter_mut() {
+                            *x = (*x - max).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        for x in row.iter_mut() {
+                            *x *= inv;
+                        }
+                    }
+                    assert_eq!(
+                        bits(&w),
+                        bits(&w_ref),
+                        "softmax d={d} kvs={kvs} g={group} n={n}"
+                    );
+
+                    let mut o = vec![f32::NAN; heads * d];
+                    weighted_sum(&v, &rows, at, &w, &mut o);
+                    let mut o_ref = vec![f32::NAN; heads * d];
+                    weighted_sum_portable(&v, &rows, at, &w, &mut o_ref);
+                    assert_eq!(
+                        bits(&o),
+                        bits(&o_ref),
+                        "values d={d} kvs={kvs} g={group} n={n}"
+                    );
+                }
+            }
+        }
+    }
 }

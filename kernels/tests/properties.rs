@@ -118,6 +118,15 @@ proptest! {
         let want = reference::paged_attention(&q, &k_cache, &v_cache, layout, num_heads, &seqs, scale);
         prop_assert!(max_abs_diff(&out, &want) < 1e-4, "diff {}", max_abs_diff(&out, &want));
 
+        // Called on a rayon thread, as the model calls it, few rows are split
+        // into one work item per KV head: bit-identical all the same.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let mut out_pool = vec![0f32; q.len()];
+        pool.install(|| {
+            paged_attention(&q, &k_cache, &v_cache, layout, num_heads, &seqs, scale, &mut out_pool).unwrap()
+        });
+        prop_assert_eq!(&out_pool, &out);
+
         // Batch invariance: each sequence alone gives bit-identical rows.
         for seq in &seqs {
             let w = num_heads * head_dim;

@@ -4,37 +4,13 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn sdlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdlab"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("running sdlab")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("sdlab-bb-{}-{name}", std::process::id()))
-}
+mod common;
+use common::{sdlab, synth, tmp};
 
 fn synth_model(name: &str) -> PathBuf {
     let dir = tmp(name);
-    let out = sdlab(&[
-        "model",
-        "synth",
-        "--preset",
-        "tiny",
-        "--out",
-        dir.to_str().unwrap(),
-        "--seed",
-        "5",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synth(&dir, 5);
     dir
 }
 

@@ -6,25 +6,15 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+mod common;
+use common::{sdlab, synth, tmp};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn sdlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdlab"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .expect("running sdlab")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("sdlab-bench-serve-{}-{name}", std::process::id()))
-}
 
 /// Runs `sdlab bench serve ARGS --json FILE` and returns the JSON report.
 fn bench(name: &str, args: &[&str]) -> Value {
@@ -163,21 +153,7 @@ fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
 #[test]
 fn bench_against_sdlab_matches_the_server_counters() {
     let model = tmp("synth");
-    let out = sdlab(&[
-        "model",
-        "synth",
-        "--preset",
-        "tiny",
-        "--out",
-        model.to_str().unwrap(),
-        "--seed",
-        "5",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synth(&model, 5);
     let server = Server::start(&model);
     let gen = "sdlab_generation_tokens_total";
     let prompt = "sdlab_prompt_tokens_total";

@@ -1,16 +1,11 @@
 //! The `sdlab` binary end to end: synthetic models, generation, perplexity
 //! parity with llama.cpp, and clear errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn sdlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdlab"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("running sdlab")
-}
+mod common;
+use common::{sdlab, synth, tmp};
 
 fn stdout_json(out: &Output) -> serde_json::Value {
     assert!(
@@ -20,10 +15,6 @@ fn stdout_json(out: &Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("sdlab-cli-{}-{name}", std::process::id()))
 }
 
 fn real_model_present() -> bool {
@@ -44,21 +35,7 @@ fn real_model_present() -> bool {
 fn synth_is_deterministic_and_generate_json_works() {
     let (a, b) = (tmp("synth-a"), tmp("synth-b"));
     for dir in [&a, &b] {
-        let out = sdlab(&[
-            "model",
-            "synth",
-            "--preset",
-            "tiny",
-            "--out",
-            dir.to_str().unwrap(),
-            "--seed",
-            "3",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        synth(dir, 3);
     }
     for f in [
         "config.json",

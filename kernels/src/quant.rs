@@ -300,31 +300,6 @@ pub fn vec_dot_lanes(w: &[PackedQ4_1], x: &[BlockQ8_1]) -> f32 {
     crate::simd::fold8(acc) + summs
 }
 
-/// Four rows of activations against one weight row: the weight codes are
-/// unpacked once per block and reused; each result goes through exactly the
-/// operations of [`vec_dot_q4_1_q8_1`], so it is bit-identical to a single
-/// call (batch invariance does not depend on how rows are grouped).
-#[inline]
-pub fn vec_dot_q4_1_q8_1_x4(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        // SAFETY: the target features are enabled at compile time.
-        unsafe { x86::dot4_avx2(w, xs) }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        xs.map(|x| vec_dot_lanes(w, x))
-    }
-}
-
 /// The x86 kernels, generated twice from one body: for AVX2 (the build's
 /// baseline, `maddubs` + `madd` per 32 products) and for AVX-512 VNNI, picked
 /// at run time where the CPU has it (one `vpdpbusd` per 32 products). Both
@@ -378,7 +353,11 @@ mod x86 {
                 crate::simd::hsum(acc) + summs
             }
 
-            /// One Q4_1 row times four Q8_1 rows, codes unpacked once.
+            /// One Q4_1 row times four Q8_1 rows: the weight codes are
+            /// unpacked once per block and reused; each result goes through
+            /// exactly the operations of the one-row kernel, so it is
+            /// bit-identical to it (batch invariance does not depend on how
+            /// rows are grouped).
             #[target_feature(enable = $feat)]
             #[inline]
             pub unsafe fn $dot4(w: &[PackedQ4_1], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {

@@ -13,6 +13,7 @@ mod bench_batching;
 mod bench_model;
 mod bench_serve;
 mod chat;
+mod latency;
 
 #[derive(Parser)]
 #[command(

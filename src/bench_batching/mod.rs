@@ -4,8 +4,9 @@
 //! Three modes (see [`modes`]) serve the same seeded workload: prompts of
 //! varied length, output lengths drawn uniformly from a range, Poisson
 //! arrivals. All of them get the same KV budget (in tokens). For each mode
-//! the bench reports output tokens/s, requests/s, TTFT and TPOT p50/p99
-//! (measured from each request's intended arrival), the peak KV memory held,
+//! the bench reports output tokens/s, requests/s, TTFT and TPOT (mean, p50,
+//! p90, p99, max; measured from each request's intended arrival), the peak
+//! KV memory held,
 //! the KV waste (allocated slots never written, over all allocated), and the
 //! most sequences that ran at once within the budget. `--plot` adds a sweep
 //! over the concurrency limit (all requests arriving at once) and draws
@@ -15,13 +16,14 @@ mod modes;
 mod plot;
 mod workload;
 
+use crate::latency::{Latency, Stats};
 use anyhow::{bail, Result};
 use clap::Args;
 use models::{LoadOptions, WeightFormat};
 use modes::{ContinuousLimits, ModeRun};
 use serde::Serialize;
 use std::path::PathBuf;
-use workload::{Percentiles, Request, WorkloadSpec};
+use workload::{Request, WorkloadSpec};
 
 #[derive(Args, Debug)]
 pub struct BenchBatchingArgs {
@@ -109,8 +111,9 @@ pub struct ModeReport {
     pub output_tokens: usize,
     pub output_throughput: f64,
     pub request_throughput: f64,
-    pub ttft_ms: Percentiles,
-    pub tpot_ms: Percentiles,
+    pub ttft_ms: Option<Stats>,
+    /// `None` when every output was one token.
+    pub tpot_ms: Option<Stats>,
     pub peak_kv_mb: f64,
     pub kv_waste_ratio: f64,
     pub max_concurrent_seqs: usize,
@@ -221,11 +224,10 @@ impl Setup {
                 (concurrency, run)
             }
         };
-        let outputs = run.outputs.clone();
-        Ok((self.report(mode, limit, run), outputs))
+        Ok((self.report(mode, limit, &run), run.outputs))
     }
 
-    fn report(&self, mode: Mode, batch_limit: usize, run: ModeRun) -> ModeReport {
+    fn report(&self, mode: Mode, batch_limit: usize, run: &ModeRun) -> ModeReport {
         let end = run
             .timings
             .iter()
@@ -243,8 +245,18 @@ impl Setup {
             output_tokens,
             output_throughput: output_tokens as f64 / duration_s,
             request_throughput: run.timings.len() as f64 / duration_s,
-            ttft_ms: Percentiles::of_seconds(run.timings.iter().map(|t| t.ttft()).collect()),
-            tpot_ms: Percentiles::of_seconds(run.timings.iter().filter_map(|t| t.tpot()).collect()),
+            ttft_ms: run
+                .timings
+                .iter()
+                .map(|t| t.ttft())
+                .collect::<Latency>()
+                .stats(),
+            tpot_ms: run
+                .timings
+                .iter()
+                .filter_map(|t| t.tpot())
+                .collect::<Latency>()
+                .stats(),
             peak_kv_mb: (kv.peak_slots * self.kv_bytes_per_token) as f64 / (1 << 20) as f64,
             kv_waste_ratio: 1.0 - kv.written_slots as f64 / kv.allocated_slots.max(1) as f64,
             max_concurrent_seqs: kv.max_concurrent_seqs,
@@ -356,8 +368,8 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
                     mode,
                     concurrency: c,
                     output_throughput: r.output_throughput,
-                    ttft_p50_ms: r.ttft_ms.p50,
-                    tpot_p50_ms: r.tpot_ms.p50,
+                    ttft_p50_ms: ms(&r.ttft_ms, |s| s.p50),
+                    tpot_p50_ms: ms(&r.tpot_ms, |s| s.p50),
                 });
             }
         }
@@ -386,6 +398,11 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
     Ok(())
 }
 
+/// One statistic of a latency, 0 when there was nothing to measure.
+fn ms(stats: &Option<Stats>, pick: fn(&Stats) -> f64) -> f64 {
+    stats.as_ref().map_or(0.0, pick)
+}
+
 fn print_table(reports: &[ModeReport]) {
     println!(
         "{:<11} {:>5} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9}",
@@ -409,10 +426,10 @@ fn print_table(reports: &[ModeReport]) {
             r.batch_limit,
             r.output_throughput,
             r.request_throughput,
-            r.ttft_ms.p50,
-            r.ttft_ms.p99,
-            r.tpot_ms.p50,
-            r.tpot_ms.p99,
+            ms(&r.ttft_ms, |s| s.p50),
+            ms(&r.ttft_ms, |s| s.p99),
+            ms(&r.tpot_ms, |s| s.p50),
+            ms(&r.tpot_ms, |s| s.p99),
             r.peak_kv_mb,
             r.kv_waste_ratio * 100.0,
             r.max_concurrent_seqs,

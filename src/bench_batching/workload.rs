@@ -68,40 +68,14 @@ pub struct Timing {
 }
 
 impl Timing {
-    pub fn ttft(&self) -> f64 {
-        (self.first_token - self.arrival).as_secs_f64()
+    pub fn ttft(&self) -> Duration {
+        self.first_token - self.arrival
     }
 
     /// Time per output token after the first; `None` for one-token outputs.
-    pub fn tpot(&self) -> Option<f64> {
-        (self.output_tokens > 1).then(|| {
-            (self.finish - self.first_token).as_secs_f64() / (self.output_tokens - 1) as f64
-        })
-    }
-}
-
-/// p50 and p99 in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles of seconds, reported in milliseconds.
-    pub fn of_seconds(mut xs: Vec<f64>) -> Self {
-        if xs.is_empty() {
-            return Self::default();
-        }
-        xs.sort_by(f64::total_cmp);
-        let rank = |p: f64| {
-            let i = (p / 100.0 * xs.len() as f64).ceil() as usize;
-            xs[i.clamp(1, xs.len()) - 1] * 1e3
-        };
-        Self {
-            p50: rank(50.0),
-            p99: rank(99.0),
-        }
+    pub fn tpot(&self) -> Option<Duration> {
+        (self.output_tokens > 1)
+            .then(|| (self.finish - self.first_token) / (self.output_tokens - 1) as u32)
     }
 }
 
@@ -143,13 +117,5 @@ mod tests {
             .build(100)
             .iter()
             .all(|r| r.arrival.is_zero()));
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let xs: Vec<f64> = (1..=100).map(|i| i as f64 / 1000.0).collect();
-        let p = Percentiles::of_seconds(xs);
-        assert!((p.p50 - 50.0).abs() < 1e-9 && (p.p99 - 99.0).abs() < 1e-9);
-        assert_eq!(Percentiles::of_seconds(vec![]).p50, 0.0);
     }
 }

@@ -127,7 +127,7 @@ pub struct EngineStats {
     pub prompt_tokens_computed: u64,
     pub generation_tokens: u64,
     pub requests_finished: u64,
-    /// Most sequences running in one step since the engine started.
+    /// Most sequences scheduled in one step since the engine started.
     pub peak_running: usize,
     /// Most KV blocks held by sequences at once since the engine started.
     pub peak_used_blocks: usize,

@@ -1,6 +1,6 @@
 //! Compute kernels for sdlab's CPU hot path.
 //!
-//! Two families, each with a deliberately simple reference in [`reference`]
+//! Each family has a deliberately simple reference in [`reference`]
 //! that the property tests compare against:
 //!
 //! - [`attention`]: paged attention over a block-table KV cache (vLLM's
@@ -13,11 +13,15 @@
 //!   *batch-invariant*: a prompt decoded alone or among fifteen others gives
 //!   the same tokens.
 //!
+//! - [`lora`]: batched LoRA (BGMV/SGMV): each row of a mixed batch gets its
+//!   own adapter's low-rank delta on top of the shared base projection.
+//!
 //! Every kernel reduces with [`simd::dot`], whose summation order depends only
 //! on the vector length.
 
 pub mod attention;
 pub mod linear;
+pub mod lora;
 pub mod q8_0;
 pub mod quant;
 pub mod reference;
@@ -25,6 +29,7 @@ pub mod simd;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
 pub use linear::linear;
+pub use lora::{bgmv, LoraFactors};
 
 /// Errors from kernel argument checks. Kernels validate shapes once at entry
 /// and then run without bounds surprises.

@@ -95,3 +95,31 @@ pub fn matmul_q4_1(x: &[f32], m: usize, w: &crate::quant::Q4_1Matrix) -> Vec<f32
     }
     out
 }
+
+/// Naive batched LoRA: for each row, `scale · B (A x)` in f64, added to `out`.
+pub fn bgmv(
+    x: &[f32],
+    k: usize,
+    row_slots: &[Option<usize>],
+    slots: &[Option<crate::lora::LoraFactors<'_>>],
+    n: usize,
+    out: &mut [f32],
+) {
+    for (r, slot) in row_slots.iter().enumerate() {
+        let Some(f) = slot.and_then(|s| slots[s]) else {
+            continue;
+        };
+        let xr = &x[r * k..(r + 1) * k];
+        let t: Vec<f64> = (0..f.rank)
+            .map(|i| {
+                let a = &f.a[i * k..(i + 1) * k];
+                a.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum()
+            })
+            .collect();
+        for c in 0..n {
+            let b = &f.b[c * f.rank..(c + 1) * f.rank];
+            let d: f64 = b.iter().zip(&t).map(|(b, t)| *b as f64 * t).sum();
+            out[r * n + c] += (f.scale as f64 * d) as f32;
+        }
+    }
+}

@@ -52,6 +52,7 @@ pub fn run(
                     block_table: &tables[0],
                     start: 0,
                     len: prompt_len,
+                    adapter: None,
                 }],
                 &[prompt_len - 1],
                 &mut cache,
@@ -67,6 +68,7 @@ pub fn run(
                         block_table: table,
                         start: 0,
                         len: prompt_len,
+                        adapter: None,
                     }],
                     &[prompt_len - 1],
                     &mut cache,
@@ -84,6 +86,7 @@ pub fn run(
                         block_table: tb,
                         start: prompt_len + step,
                         len: 1,
+                        adapter: None,
                     })
                     .collect();
                 m.forward(&toks, &chunks, &rows_idx, &mut cache)?;

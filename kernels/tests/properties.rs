@@ -5,6 +5,9 @@ use kernels::{linear, paged_attention, reference, write_kv, KvLayout, SeqAttenti
 use proptest::prelude::*;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
+/// LoRA `A`, `B`, rank and scale, owned.
+type OwnedFactors = (Vec<f32>, Vec<f32>, usize, f32);
+
 fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -93,7 +96,7 @@ proptest! {
         seed: u64,
     ) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let factors: Vec<Option<(Vec<f32>, Vec<f32>, usize, f32)>> = ranks
+        let factors: Vec<Option<OwnedFactors>> = ranks
             .iter()
             .map(|r| r.map(|r| (random_vec(&mut rng, r * k), random_vec(&mut rng, n * r), r, rng.random_range(0.1f32..4.0))))
             .collect();

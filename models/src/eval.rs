@@ -52,6 +52,7 @@ pub fn perplexity(
             block_table: &table,
             start: 0,
             len: ctx,
+            adapter: None,
         };
         let logits = model.forward(window, &[seq], &rows, &mut cache)?;
         for (row, &r) in logits.chunks_exact(vocab).zip(&rows) {

@@ -10,6 +10,7 @@
 //! - [`tokenizer`] and [`chat`]: tokenizers rebuilt from GGUF metadata or
 //!   loaded from `tokenizer.json`, and chat templates rendered with minijinja.
 //! - [`loader`]: resolves `--model` (a path or a known name) and loads it.
+//! - [`lora`]: PEFT LoRA adapters, applied per row in the batch or merged.
 //! - [`synth`]: a small deterministic model for tests that need no download.
 
 pub mod chat;
@@ -18,6 +19,7 @@ pub mod eval;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
+pub mod lora;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;
@@ -27,6 +29,7 @@ pub use config::{LlamaConfig, RopeStyle};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, SeqChunk};
 pub use loader::{load, resolve, LoadOptions, LoadedModel, ModelSource};
+pub use lora::{LoraAdapter, Target as LoraTarget};
 pub use tokenizer::TokenizerInfo;
 pub use weights::WeightFormat;
 

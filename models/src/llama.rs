@@ -13,12 +13,14 @@
 
 use crate::config::{LlamaConfig, RopeStyle};
 use crate::kv_cache::KvCache;
+use crate::lora::{LoraAdapter, Target};
 use crate::weights::Linear;
 use crate::{ModelError, Result};
 use kernels::{paged_attention, simd, write_kv, SeqAttention};
 use std::sync::Arc;
 
 /// One decoder block's weights.
+#[derive(Clone)]
 pub struct Layer {
     pub attn_norm: Vec<f32>,
     pub wq: Linear,
@@ -40,8 +42,11 @@ pub struct SeqChunk<'a> {
     pub start: usize,
     /// Number of new tokens.
     pub len: usize,
+    /// The LoRA adapter applied to this sequence's rows, if any.
+    pub adapter: Option<&'a LoraAdapter>,
 }
 
+#[derive(Clone)]
 pub struct Llama {
     pub cfg: LlamaConfig,
     embed: Arc<Vec<f32>>,
@@ -147,6 +152,7 @@ impl Llama {
             }
         }
 
+        let lora = LoraRows::new(seqs);
         let mut x = Vec::with_capacity(t * h);
         for &tok in tokens {
             x.extend_from_slice(&self.embed[tok as usize * h..(tok as usize + 1) * h]);
@@ -155,8 +161,11 @@ impl Llama {
         let mut attn = vec![0f32; t * nh * d];
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps);
-            let [mut q, mut k, v] =
+            let [mut q, mut k, mut v] =
                 Linear::forward_shared([&layer.wq, &layer.wk, &layer.wv], &hn, t)?;
+            lora.apply(l, Target::Q, &hn, &mut q)?;
+            lora.apply(l, Target::K, &hn, &mut k)?;
+            lora.apply(l, Target::V, &hn, &mut v)?;
             self.rope(&mut q, &positions, nh);
             self.rope(&mut k, &positions, nkv);
             write_kv(
@@ -177,14 +186,20 @@ impl Llama {
                 scale,
                 &mut attn,
             )?;
-            add_assign(&mut x, &layer.wo.forward(&attn, t)?);
+            let mut o = layer.wo.forward(&attn, t)?;
+            lora.apply(l, Target::O, &attn, &mut o)?;
+            add_assign(&mut x, &o);
 
             let hn = rms_norm(&x, &layer.ffn_norm, cfg.rms_norm_eps);
-            let [mut gate, up] = Linear::forward_shared([&layer.w_gate, &layer.w_up], &hn, t)?;
+            let [mut gate, mut up] = Linear::forward_shared([&layer.w_gate, &layer.w_up], &hn, t)?;
+            lora.apply(l, Target::Gate, &hn, &mut gate)?;
+            lora.apply(l, Target::Up, &hn, &mut up)?;
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            add_assign(&mut x, &layer.w_down.forward(&gate, t)?);
+            let mut down = layer.w_down.forward(&gate, t)?;
+            lora.apply(l, Target::Down, &gate, &mut down)?;
+            add_assign(&mut x, &down);
         }
 
         let mut last = Vec::with_capacity(logit_rows.len() * h);
@@ -193,6 +208,33 @@ impl Llama {
         }
         let last = rms_norm(&last, &self.norm, cfg.rms_norm_eps);
         self.lm_head.forward(&last, logit_rows.len())
+    }
+
+    /// Folds an adapter into the weights (`W += scale · B A`): the naive
+    /// way to serve one adapter, and the reference the batched path is
+    /// tested against.
+    pub fn merge_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
+        if adapter.num_layers() != self.layers.len() {
+            return Err(ModelError::Input(format!(
+                "adapter has {} layers, the model {}",
+                adapter.num_layers(),
+                self.layers.len()
+            )));
+        }
+        for (l, target, m) in adapter.modules() {
+            let layer = &mut self.layers[l];
+            let lin = match target {
+                Target::Q => &mut layer.wq,
+                Target::K => &mut layer.wk,
+                Target::V => &mut layer.wv,
+                Target::O => &mut layer.wo,
+                Target::Gate => &mut layer.w_gate,
+                Target::Up => &mut layer.w_up,
+                Target::Down => &mut layer.w_down,
+            };
+            lin.add_delta(&m.delta())?;
+        }
+        Ok(())
     }
 
     fn validate(
@@ -233,6 +275,17 @@ impl Llama {
                     s.block_table.len()
                 ));
             }
+        }
+        if let Some(a) = seqs
+            .iter()
+            .filter_map(|s| s.adapter)
+            .find(|a| a.num_layers() != self.layers.len())
+        {
+            return bad(format!(
+                "adapter has {} layers, the model {}",
+                a.num_layers(),
+                self.layers.len()
+            ));
         }
         if logit_rows.iter().any(|&r| r >= tokens.len()) {
             return bad("logit row outside the batch".into());
@@ -292,5 +345,53 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+/// Which adapter each row of the flattened batch uses: a slot per distinct
+/// adapter in the batch, and per row the slot of its sequence's adapter.
+struct LoraRows<'a> {
+    row_slots: Vec<Option<usize>>,
+    adapters: Vec<&'a LoraAdapter>,
+}
+
+impl<'a> LoraRows<'a> {
+    fn new(seqs: &[SeqChunk<'a>]) -> Self {
+        let mut adapters: Vec<&'a LoraAdapter> = Vec::new();
+        let mut row_slots = Vec::new();
+        for s in seqs {
+            let slot = s.adapter.map(|a| {
+                adapters
+                    .iter()
+                    .position(|b| std::ptr::eq(*b, a))
+                    .unwrap_or_else(|| {
+                        adapters.push(a);
+                        adapters.len() - 1
+                    })
+            });
+            row_slots.extend(std::iter::repeat_n(slot, s.len));
+        }
+        Self {
+            row_slots,
+            adapters,
+        }
+    }
+
+    /// Adds each row's delta for `target` of `layer` to `out` (`x: [rows, k]`).
+    fn apply(&self, layer: usize, target: Target, x: &[f32], out: &mut [f32]) -> Result<()> {
+        if self.adapters.is_empty() {
+            return Ok(());
+        }
+        let slots: Vec<_> = self
+            .adapters
+            .iter()
+            .map(|a| a.module(layer, target).map(|m| m.factors()))
+            .collect();
+        if slots.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let m = self.row_slots.len();
+        kernels::bgmv(x, x.len() / m, &self.row_slots, &slots, out.len() / m, out)?;
+        Ok(())
     }
 }

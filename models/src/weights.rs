@@ -50,6 +50,7 @@ impl std::fmt::Display for WeightFormat {
 }
 
 /// `y = x Wᵀ` with `W: [out_features, in_features]`.
+#[derive(Clone)]
 pub enum Linear {
     /// Q4_1 weights on sdlab's AVX2 kernel (activations quantized to Q8_1 as llama.cpp does).
     Q4_1(kernels::quant::Q4_1Matrix),
@@ -169,6 +170,53 @@ impl Linear {
                 Ok(out)
             }
         }
+    }
+
+    /// The weights as f32, `[out_features, in_features]`.
+    pub fn to_dense(&self) -> Result<Vec<f32>> {
+        Ok(match self {
+            Self::Q4_1(w) => w.dequantize(),
+            Self::Q8_0(w) => w.dequantize(),
+            Self::Quantized { qm, .. } => {
+                let t = match qm {
+                    QMatMul::QTensor(t) => t.dequantize(&Device::Cpu)?,
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.clone(),
+                };
+                t.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+            }
+            Self::Dense { w, .. } => w.as_ref().clone(),
+        })
+    }
+
+    /// `W += delta` (a merged LoRA). Quantized formats sdlab owns are
+    /// dequantized, updated and quantized again to the same format, as
+    /// llama.cpp's `export-lora` does; candle's other formats become f32.
+    pub fn add_delta(&mut self, delta: &[f32]) -> Result<()> {
+        let (n, k) = (self.out_features(), self.in_features());
+        if delta.len() != n * k {
+            return Err(ModelError::Input(format!(
+                "delta has {} values, want {n}x{k}",
+                delta.len()
+            )));
+        }
+        if let Self::Dense { w, .. } = self {
+            for (a, d) in Arc::make_mut(w).iter_mut().zip(delta) {
+                *a += d;
+            }
+            return Ok(());
+        }
+        let mut w = self.to_dense()?;
+        for (a, d) in w.iter_mut().zip(delta) {
+            *a += d;
+        }
+        *self = match self {
+            Self::Q4_1(_) => Self::Q4_1(kernels::quant::Q4_1Matrix::quantize(&w, n, k)?),
+            Self::Q8_0(_) => Self::Q8_0(kernels::q8_0::Q8_0Matrix::quantize(&w, n, k)?),
+            _ => Self::dense(w, n, k)?,
+        };
+        Ok(())
     }
 
     /// Bytes of weight data read per forward pass.

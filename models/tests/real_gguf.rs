@@ -106,6 +106,7 @@ fn teacher_forced_logprobs_track_llama_cpp() {
             block_table: &table,
             start: 0,
             len: tokens.len(),
+            adapter: None,
         };
         let logits = m.model.forward(&tokens, &[seq], &rows, &mut cache).unwrap();
         for (i, row) in logits.chunks_exact(vocab).enumerate() {

@@ -46,6 +46,7 @@ impl ModelRunner for LlamaRunner {
                 block_table: &s.block_table,
                 start: s.start,
                 len: s.tokens.len(),
+                adapter: None,
             });
         }
         self.model

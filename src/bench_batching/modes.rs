@@ -131,6 +131,7 @@ pub fn run_static(
                 block_table: &regions[slot],
                 start: 0,
                 len: work[i].prompt.len(),
+                adapter: None,
             });
         }
         let logits = model.forward(&tokens, &chunks, &rows, &mut cache)?;
@@ -157,6 +158,7 @@ pub fn run_static(
                     block_table: &regions[s],
                     start: work[batch[s]].prompt.len() + produced[s] - 1,
                     len: 1,
+                    adapter: None,
                 })
                 .collect();
             let rows: Vec<usize> = (0..live.len()).collect();

@@ -28,6 +28,16 @@ pub fn shared_fixture(name: &str) -> PathBuf {
 
 /// Greedy decoding of one prompt with a private cache (blocks 0..n in order).
 pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    greedy_with(model, prompt, n, None)
+}
+
+/// [`greedy`] under a LoRA adapter.
+pub fn greedy_with(
+    model: &Llama,
+    prompt: &[u32],
+    n: usize,
+    adapter: Option<&models::LoraAdapter>,
+) -> Vec<u32> {
     let block_size = 16;
     let total = prompt.len() + n;
     let blocks = total.div_ceil(block_size);
@@ -42,6 +52,7 @@ pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
             block_table: &table,
             start,
             len: chunk.len(),
+            adapter,
         };
         let logits = model
             .forward(chunk, &[seq], &[chunk.len() - 1], &mut cache)

@@ -14,6 +14,7 @@ mod bench_model;
 mod bench_serve;
 mod chat;
 mod latency;
+mod lora_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,9 @@ enum Command {
     /// Model utilities.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// LoRA adapters: make a random one, or train one.
+    #[command(subcommand)]
+    Lora(lora_cmd::LoraCommand),
 }
 
 #[derive(Subcommand)]
@@ -257,6 +261,7 @@ fn main() {
         Command::Bench(BenchCommand::Batching(a)) => bench_batching::run(a),
         Command::Eval(EvalCommand::Perplexity(a)) => perplexity(a),
         Command::Model(ModelCommand::Synth(a)) => synth(a),
+        Command::Lora(c) => lora_cmd::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -87,6 +87,24 @@ impl Llama {
         })
     }
 
+    /// Token embeddings, `[vocab, hidden]`.
+    pub fn embed(&self) -> &[f32] {
+        &self.embed
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The final RMSNorm's weights.
+    pub fn final_norm(&self) -> &[f32] {
+        &self.norm
+    }
+
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
     /// Bytes of weights read per forward pass (embeddings excluded).
     pub fn weight_bytes(&self) -> usize {
         let l: usize = self

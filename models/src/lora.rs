@@ -436,6 +436,15 @@ impl LoraAdapter {
         Self::from_modules(cfg, modules, rank, rank as f32)
     }
 
+    /// Sets `lora_alpha` (and so the scale) of every module.
+    pub fn set_alpha(&mut self, alpha: f32) {
+        let rslora = self.use_rslora;
+        for m in self.layers.iter_mut().flatten().flatten() {
+            m.alpha = alpha;
+            m.scale = scale_for(alpha, m.rank, rslora);
+        }
+    }
+
     pub fn module(&self, layer: usize, target: Target) -> Option<&LoraModule> {
         self.layers.get(layer)?[target as usize].as_ref()
     }

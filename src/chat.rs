@@ -32,6 +32,7 @@ pub fn run(engine: &Engine, name: &str, params: SamplingParams) -> Result<()> {
         let (_, mut rx) = engine.add_request(GenerateRequest {
             prompt_tokens,
             params: params.clone(),
+            adapter: None,
         })?;
         let mut answer = String::new();
         let mut out = std::io::stdout();

@@ -185,6 +185,28 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 8)]
     max_body_mb: usize,
+    /// LoRA adapters to load at start-up, NAME=PATH (PEFT folders); a request picks one by `model`.
+    #[arg(long, num_args = 1.., value_parser = parse_lora_module)]
+    lora_modules: Vec<(String, PathBuf)>,
+    /// Folder of adapters: its sub-folders are served under their names, and
+    /// POST /v1/load_lora_adapter may load only from inside it.
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
+    /// Most adapters resident in memory (least recently used idle ones are evicted).
+    #[arg(long, default_value_t = 4)]
+    max_loras: usize,
+    /// Largest adapter rank accepted.
+    #[arg(long, default_value_t = 64)]
+    max_lora_rank: usize,
+}
+
+fn parse_lora_module(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("`{s}` is not NAME=PATH")),
+    }
 }
 
 #[derive(Args)]
@@ -305,6 +327,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let out = engine.generate(GenerateRequest {
         prompt_tokens,
         params,
+        adapter: None,
     })?;
     if a.json {
         let v = serde_json::json!({ "text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason.as_str() });
@@ -421,16 +444,27 @@ fn serve(a: ServeArgs) -> Result<()> {
         loaded.weights,
         loaded.model.cfg.num_layers,
     );
+    let served = a.served_model_name.clone().unwrap_or(name.clone());
+    let loras = server::lora::AdapterRegistry::new(
+        loaded.model.cfg.clone(),
+        &served,
+        server::lora::LoraOptions {
+            modules: a.lora_modules.clone(),
+            lora_dir: a.lora_dir.clone(),
+            max_loras: a.max_loras,
+            max_lora_rank: a.max_lora_rank,
+        },
+    )?;
+    let adapters = loras.list();
     let engine = start_engine(loaded, &a.engine)?;
     let cfg = engine.config().clone();
-    let served = a.served_model_name.clone().unwrap_or(name.clone());
     let config = server::http::ServerConfig {
         served_model_name: served.clone(),
         api_key: a.api_key.clone(),
         max_queue: a.max_queue,
         body_limit: a.max_body_mb << 20,
     };
-    let state = server::http::AppState::new(engine, config).map_err(anyhow::Error::msg)?;
+    let state = server::http::AppState::new(engine, config, loras).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -449,6 +483,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             cfg.max_num_batched_tokens,
             cfg.max_model_len
         );
+        if !adapters.is_empty() {
+            let names: Vec<&str> = adapters.iter().map(|a| a.name.as_str()).collect();
+            tracing::info!("LoRA adapters: {} (at most {} resident)", names.join(", "), a.max_loras);
+        }
         server::http::serve(listener, state, server::http::shutdown_signal()).await?;
         anyhow::Ok(())
     })

@@ -20,6 +20,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod loader;
 pub mod lora;
+pub mod lora_train;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;

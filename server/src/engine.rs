@@ -10,6 +10,7 @@
 
 use crate::block_manager::PrefixCacheStats;
 use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
+use crate::lora::ActiveAdapter;
 use crate::runner::{BatchSeq, ModelRunner};
 use crate::sampler::{SampledToken, Sampler, SamplingError, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
@@ -49,6 +50,8 @@ pub struct EngineConfig {
 pub struct GenerateRequest {
     pub prompt_tokens: Vec<u32>,
     pub params: SamplingParams,
+    /// The LoRA adapter to run under (held until the request finishes).
+    pub adapter: Option<Arc<ActiveAdapter>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -351,6 +354,7 @@ struct RequestState {
     events: UnboundedSender<EngineEvent>,
     prompt_len: usize,
     generated: usize,
+    adapter: Option<Arc<ActiveAdapter>>,
 }
 
 struct StepLoop {
@@ -399,7 +403,12 @@ impl StepLoop {
                 let params = req.params;
                 let result = self
                     .scheduler
-                    .add(id, req.prompt_tokens.clone(), params.max_tokens, None)
+                    .add(
+                        id,
+                        req.prompt_tokens.clone(),
+                        params.max_tokens,
+                        req.adapter.as_ref().map(|a| a.key),
+                    )
                     .map_err(|e| EngineError::Rejected(e.to_string()));
                 if result.is_ok() {
                     let detok = IncrementalDetokenizer::new(
@@ -418,6 +427,7 @@ impl StepLoop {
                             events,
                             prompt_len: req.prompt_tokens.len(),
                             generated: 0,
+                            adapter: req.adapter,
                         },
                     );
                 }
@@ -463,6 +473,7 @@ impl StepLoop {
                 start: s.start,
                 block_table: seq.blocks.block_table.clone(),
                 wants_logits: s.samples,
+                adapter: self.requests.get(&s.id).and_then(|r| r.adapter.clone()),
             });
             if s.start < seq.prompt_len {
                 self.counters.prompt_tokens_computed +=

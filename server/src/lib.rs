@@ -6,6 +6,7 @@ pub mod block_manager;
 pub mod detokenizer;
 pub mod engine;
 pub mod http;
+pub mod lora;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;

@@ -4,7 +4,9 @@
 //! vocabulary size; [`LlamaRunner`] provides it for sdlab's decoder and its
 //! KV cache. Tests can plug in anything else that implements [`ModelRunner`].
 
+use crate::lora::ActiveAdapter;
 use models::{KvCache, Llama, SeqChunk};
+use std::sync::Arc;
 
 /// One sequence's chunk in a step.
 #[derive(Debug, Clone)]
@@ -14,6 +16,8 @@ pub struct BatchSeq {
     pub block_table: Vec<u32>,
     /// Return logits for the chunk's last token.
     pub wants_logits: bool,
+    /// The LoRA adapter this sequence runs under.
+    pub adapter: Option<Arc<ActiveAdapter>>,
 }
 
 pub trait ModelRunner: Send {
@@ -46,7 +50,7 @@ impl ModelRunner for LlamaRunner {
                 block_table: &s.block_table,
                 start: s.start,
                 len: s.tokens.len(),
-                adapter: None,
+                adapter: s.adapter.as_deref().map(|a| &a.weights),
             });
         }
         self.model

@@ -63,6 +63,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
             ignore_eos: true,
             ..SamplingParams::greedy(max_tokens)
         },
+        adapter: None,
     }
 }
 
@@ -229,6 +230,7 @@ fn requests_that_can_never_fit_are_rejected_clearly() {
             top_p: 0.0,
             ..SamplingParams::greedy(4)
         },
+        adapter: None,
     };
     assert!(e
         .add_request(bad)
@@ -257,6 +259,7 @@ fn stop_strings_and_seeded_sampling() {
         e.generate(GenerateRequest {
             prompt_tokens: prompt.clone(),
             params,
+            adapter: None,
         })
         .unwrap()
     };
@@ -279,6 +282,7 @@ fn stop_strings_and_seeded_sampling() {
         .generate(GenerateRequest {
             prompt_tokens: prompt,
             params,
+            adapter: None,
         })
         .unwrap();
     assert_eq!(stopped.finish_reason, FinishReason::Stop);

@@ -242,6 +242,7 @@ pub fn run_continuous(
             .add_request(GenerateRequest {
                 prompt_tokens: r.prompt.clone(),
                 params: greedy(r.output_len),
+                adapter: None,
             })
             .context("the engine refused a request")?;
         let want = r.output_len;

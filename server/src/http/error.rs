@@ -6,6 +6,7 @@
 //! faults of the server itself.
 
 use crate::engine::EngineError;
+use crate::lora::LoraError;
 use crate::sampler::SamplingError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,8 @@ pub enum ApiError {
     QueueFull { waiting: usize },
     /// 503: the engine is shutting down.
     Unavailable,
+    /// 503: every resident LoRA adapter is busy.
+    AdaptersBusy(String),
     /// 500: a fault of the server.
     Internal(String),
 }
@@ -53,7 +56,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::AdaptersBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +105,7 @@ impl ApiError {
                 None,
                 None,
             ),
+            Self::AdaptersBusy(m) => (m.clone(), "server_error", None, Some("adapters_busy")),
             Self::Internal(m) => (m.clone(), "server_error", None, None),
         };
         ErrorBody {
@@ -131,7 +135,7 @@ struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if let Self::QueueFull { .. } = self {
+        if let Self::QueueFull { .. } | Self::AdaptersBusy(_) = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -160,6 +164,22 @@ impl From<EngineError> for ApiError {
                 param: Some("max_tokens".into()),
             },
             EngineError::Shutdown => Self::Unavailable,
+        }
+    }
+}
+
+impl From<LoraError> for ApiError {
+    fn from(e: LoraError) -> Self {
+        match e {
+            LoraError::NotFound(message) => Self::NotFound {
+                message,
+                param: Some("lora_name".into()),
+            },
+            LoraError::Invalid(message) => Self::BadRequest {
+                message,
+                param: None,
+            },
+            LoraError::Busy(message) => Self::AdaptersBusy(message),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::AppState;
 use crate::engine::{
     EngineEvent, EventReceiver, FinishReason, GenerateOutput, GenerateRequest, RequestId, Usage,
 };
+use crate::lora::ActiveAdapter;
 use crate::sampler::{SampledToken, SamplingParams};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +45,7 @@ pub struct Job {
     id: String,
     model: String,
     created: u64,
+    adapter: Option<Arc<ActiveAdapter>>,
 }
 
 impl Job {
@@ -113,7 +115,17 @@ impl Job {
             id,
             model: st.config.served_model_name.clone(),
             created: st.created,
+            adapter: None,
         })
+    }
+
+    /// Runs every prompt under `adapter`; responses name the adapter.
+    pub fn with_adapter(mut self, adapter: Option<Arc<ActiveAdapter>>) -> Self {
+        if let Some(a) = &adapter {
+            self.model = a.name.clone();
+        }
+        self.adapter = adapter;
+        self
     }
 
     fn choices(&self) -> usize {
@@ -144,6 +156,7 @@ impl Job {
                     .add_request_async(GenerateRequest {
                         prompt_tokens: prompt.clone(),
                         params,
+                        adapter: self.adapter.clone(),
                     })
                     .await
                 {

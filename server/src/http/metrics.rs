@@ -21,6 +21,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdapterLabel {
+    pub adapter: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     running: Gauge,
@@ -38,6 +43,8 @@ pub struct Metrics {
     ttft: Histogram,
     tpot: Histogram,
     e2e: Histogram,
+    lora_loaded: Gauge,
+    lora_requests: Family<AdapterLabel, Counter>,
     last: Mutex<EngineStats>,
 }
 
@@ -66,6 +73,8 @@ impl Metrics {
             ttft: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             tpot: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             e2e: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            lora_loaded: Gauge::default(),
+            lora_requests: Family::default(),
             last: Mutex::new(EngineStats::default()),
             registry: Registry::default(),
         };
@@ -144,7 +153,30 @@ impl Metrics {
             "End-to-end request latency",
             m.e2e.clone(),
         );
+        r.register(
+            "sdlab_lora_adapters_loaded",
+            "LoRA adapters resident in memory",
+            m.lora_loaded.clone(),
+        );
+        r.register(
+            "sdlab_lora_requests",
+            "Requests served under each LoRA adapter",
+            m.lora_requests.clone(),
+        );
         Self { registry: r, ..m }
+    }
+
+    /// Counts one request for `adapter`.
+    pub fn lora_request(&self, adapter: &str) {
+        self.lora_requests
+            .get_or_create(&AdapterLabel {
+                adapter: adapter.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_lora_loaded(&self, n: usize) {
+        self.lora_loaded.set(n as i64);
     }
 
     /// Records one finished engine request (one choice).

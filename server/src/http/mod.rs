@@ -1,7 +1,9 @@
 //! The OpenAI-compatible HTTP API on axum.
 //!
 //! Routes: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
-//! `POST /v1/chat/completions`, `GET /metrics`. Handlers parse and validate,
+//! `POST /v1/chat/completions`, `GET /metrics`, and vLLM's
+//! `POST /v1/load_lora_adapter` and `POST /v1/unload_lora_adapter`. A
+//! request picks a LoRA adapter by naming it in `model`. Handlers parse and validate,
 //! turn the request into engine requests, and hand the rest to [`generate`].
 //! Every error goes through [`error::ApiError`], the one place that picks a
 //! status and writes OpenAI's error body.
@@ -12,6 +14,7 @@ pub mod metrics;
 pub mod openai;
 
 use crate::engine::Engine;
+use crate::lora::{ActiveAdapter, AdapterRegistry};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -42,13 +45,18 @@ pub struct ServerConfig {
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub config: ServerConfig,
+    pub loras: Arc<AdapterRegistry>,
     pub metrics: metrics::Metrics,
     template: Option<ChatTemplate>,
     created: u64,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, config: ServerConfig) -> Result<Arc<Self>, String> {
+    pub fn new(
+        engine: Engine,
+        config: ServerConfig,
+        loras: AdapterRegistry,
+    ) -> Result<Arc<Self>, String> {
         let tok = engine.tokenizer();
         let template = match &tok.chat_template {
             Some(src) => Some(
@@ -64,6 +72,7 @@ impl AppState {
         Ok(Arc::new(Self {
             engine: Arc::new(engine),
             config,
+            loras: Arc::new(loras),
             metrics: metrics::Metrics::new(),
             template,
             created,
@@ -76,6 +85,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/load_lora_adapter", post(load_lora_adapter))
+        .route("/v1/unload_lora_adapter", post(unload_lora_adapter))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -155,19 +166,94 @@ async fn not_found() -> ApiError {
 }
 
 async fn list_models(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    Json(serde_json::json!({
-        "object": "list",
-        "data": [{
-            "id": st.config.served_model_name,
+    let base = &st.config.served_model_name;
+    let max_model_len = st.engine.config().max_model_len;
+    let mut data = vec![serde_json::json!({
+        "id": base,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "sdlab",
+        "root": base,
+        "parent": null,
+        "max_model_len": max_model_len,
+    })];
+    for a in st.loras.list() {
+        data.push(serde_json::json!({
+            "id": a.name,
             "object": "model",
             "created": st.created,
             "owned_by": "sdlab",
-            "max_model_len": st.engine.config().max_model_len,
-        }],
-    }))
+            "root": a.path,
+            "parent": base,
+            "max_model_len": max_model_len,
+            "lora": a,
+        }));
+    }
+    Json(serde_json::json!({ "object": "list", "data": data }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadLoraRequest {
+    lora_name: String,
+    lora_path: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnloadLoraRequest {
+    lora_name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    lora_int_id: Option<u64>,
+}
+
+/// Reads and checks the adapter on the blocking pool; the registry only
+/// changes once it is known good.
+async fn load_lora_adapter(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body_bytes(&st, body)?;
+        let req: LoadLoraRequest = openai::parse(&body)?;
+        let loras = st.loras.clone();
+        tokio::task::spawn_blocking(move || loras.load(&req.lora_name, &req.lora_path))
+            .await
+            .map_err(|e| ApiError::Internal(format!("adapter load task failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+    .await;
+    match result {
+        Ok(info) => Json(
+            serde_json::json!({ "object": "lora_adapter", "status": "loaded", "adapter": info }),
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn unload_lora_adapter(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = body_bytes(&st, body)
+        .and_then(|b| openai::parse::<UnloadLoraRequest>(&b))
+        .and_then(|req| {
+            st.loras.unload(&req.lora_name).map_err(ApiError::from)?;
+            Ok(req.lora_name)
+        });
+    match result {
+        Ok(name) => Json(
+            serde_json::json!({ "object": "lora_adapter", "status": "unloaded", "name": name }),
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn metrics_page(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    st.metrics.set_lora_loaded(st.loras.resident_count());
     let text = st.metrics.render(&st.engine.stats());
     (
         [(
@@ -193,17 +279,29 @@ fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
     })
 }
 
-fn check_model(st: &AppState, model: &Option<String>) -> Result<(), ApiError> {
-    match model {
-        Some(m) if m != &st.config.served_model_name => Err(ApiError::NotFound {
-            message: format!(
-                "the model `{m}` does not exist; this server serves `{}`",
-                st.config.served_model_name
-            ),
-            param: Some("model".into()),
-        }),
-        _ => Ok(()),
-    }
+/// The base model (`None`) or the adapter a request's `model` names; an
+/// adapter not in memory is read from disk on the blocking pool.
+async fn resolve_model(
+    st: &Arc<AppState>,
+    model: &Option<String>,
+) -> Result<Option<Arc<ActiveAdapter>>, ApiError> {
+    let name = match model {
+        Some(m) if m != &st.config.served_model_name => m.clone(),
+        _ => return Ok(None),
+    };
+    let loras = st.loras.clone();
+    let adapter = tokio::task::spawn_blocking(move || loras.acquire(&name))
+        .await
+        .map_err(|e| ApiError::Internal(format!("adapter load task failed: {e}")))?
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::NotFound { message, .. } => ApiError::NotFound {
+                message,
+                param: Some("model".into()),
+            },
+            other => other,
+        })?;
+    st.metrics.lora_request(&adapter.name);
+    Ok(Some(adapter))
 }
 
 /// A parsed, validated request, ready to run.
@@ -256,7 +354,7 @@ async fn prepare_completion(
 ) -> Result<Prepared, ApiError> {
     let body = body_bytes(&st, body)?;
     let req: CompletionRequest = openai::parse(&body)?;
-    check_model(&st, &req.model)?;
+    let adapter = resolve_model(&st, &req.model).await?;
     if req.echo.unwrap_or(false) {
         return Err(ApiError::bad("`echo` is not supported", "echo"));
     }
@@ -276,7 +374,8 @@ async fn prepare_completion(
         params,
         (req.max_tokens.or(Some(16)), "max_tokens"),
         n,
-    )?;
+    )?
+    .with_adapter(adapter);
     Ok(Prepared {
         job,
         stream: req.stream.unwrap_or(false),
@@ -299,7 +398,7 @@ async fn prepare_chat(
 ) -> Result<Prepared, ApiError> {
     let body = body_bytes(&st, body)?;
     let req: ChatRequest = openai::parse(&body)?;
-    check_model(&st, &req.model)?;
+    let adapter = resolve_model(&st, &req.model).await?;
     let Some(template) = &st.template else {
         return Err(ApiError::bad(
             "this model has no chat template; use /v1/completions",
@@ -326,7 +425,8 @@ async fn prepare_chat(
         params,
         (knobs.max_tokens, max_param),
         n,
-    )?;
+    )?
+    .with_adapter(adapter);
     Ok(Prepared {
         job,
         stream: req.stream.unwrap_or(false),

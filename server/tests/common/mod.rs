@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 use server::http::{serve, AppState, ServerConfig};
+use server::lora::{AdapterRegistry, LoraOptions};
 use server::runner::{start_llama_engine, EngineOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,13 +72,20 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(config: ServerConfig, opts: EngineOptions) -> Self {
+        Self::start_with_loras(config, opts, LoraOptions::default())
+    }
+
+    pub fn start_with_loras(config: ServerConfig, opts: EngineOptions, loras: LoraOptions) -> Self {
         let loaded = models::load(
             model_dir().to_str().unwrap(),
             models::LoadOptions::default(),
         )
         .unwrap();
+        let registry =
+            AdapterRegistry::new(loaded.model.cfg.clone(), &config.served_model_name, loras)
+                .unwrap();
         let engine = start_llama_engine(loaded, &opts).unwrap();
-        let state = AppState::new(engine, config).unwrap();
+        let state = AppState::new(engine, config, registry).unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

@@ -37,7 +37,10 @@ fn lora_train_writes_an_adapter_a_loss_log_and_a_plot() {
         "{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(stdout.contains("loss ") && stdout.contains("tokens/s"), "{stdout}");
+    assert!(
+        stdout.contains("loss ") && stdout.contains("tokens/s"),
+        "{stdout}"
+    );
     for f in [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -89,7 +92,10 @@ fn lora_train_errors_are_clear() {
     ]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("no/such/file.jsonl") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("no/such/file.jsonl") && err.contains("does not exist"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     let data = tmp("lora-train-err.jsonl");
@@ -104,7 +110,10 @@ fn lora_train_errors_are_clear() {
     ]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("line 1") && err.contains("completion"), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("completion"),
+        "{err}"
+    );
 
     let run = sdlab(&[
         "lora",

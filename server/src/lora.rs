@@ -9,8 +9,9 @@
 //!   every resident adapter is in use, the request is refused (503), never
 //!   an adapter pulled from under a running request.
 //! - A request holds an `Arc` of its adapter until it finishes, so unloading
-//!   or reloading a name never changes a request already running; the
-//!   `Arc`'s count is also how the registry knows an adapter is in use.
+//!   or reloading a name never changes a request already running; an
+//!   [`AdapterLease`] per HTTP request counts the requests using it, and
+//!   only an adapter with none is evicted.
 //! - Every read from disk gets a fresh `key`, unique per (name, generation);
 //!   the prefix cache hashes it into every block, so blocks computed under
 //!   another adapter, or another generation of the same one, never match.
@@ -23,6 +24,7 @@ use models::{LlamaConfig, LoraAdapter};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// An adapter as requests hold it.
@@ -33,6 +35,38 @@ pub struct ActiveAdapter {
     pub key: u32,
     pub generation: u32,
     pub weights: LoraAdapter,
+    /// Requests holding a lease.
+    requests: AtomicUsize,
+}
+
+/// One request's claim on an adapter: while any lease is alive the adapter
+/// is never evicted.
+#[derive(Debug)]
+pub struct AdapterLease(Arc<ActiveAdapter>);
+
+impl AdapterLease {
+    /// The adapter, to hand to the engine (which keeps it to the end).
+    pub fn adapter(&self) -> Arc<ActiveAdapter> {
+        self.0.clone()
+    }
+}
+
+impl std::ops::Deref for AdapterLease {
+    type Target = ActiveAdapter;
+    fn deref(&self) -> &ActiveAdapter {
+        &self.0
+    }
+}
+
+impl Drop for AdapterLease {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lease(a: &Arc<ActiveAdapter>) -> AdapterLease {
+    a.requests.fetch_add(1, Ordering::AcqRel);
+    AdapterLease(a.clone())
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -94,7 +128,7 @@ impl Entry {
     fn in_flight(&self) -> usize {
         self.resident
             .as_ref()
-            .map_or(0, |a| Arc::strong_count(a) - 1)
+            .map_or(0, |a| a.requests.load(Ordering::Acquire))
     }
 }
 
@@ -176,7 +210,7 @@ impl AdapterRegistry {
     }
 
     /// The adapter a request names, made resident if it is not.
-    pub fn acquire(&self, name: &str) -> Result<Arc<ActiveAdapter>, LoraError> {
+    pub fn acquire(&self, name: &str) -> Result<AdapterLease, LoraError> {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -188,13 +222,13 @@ impl AdapterRegistry {
         };
         entry.last_used = tick;
         if let Some(a) = &entry.resident {
-            return Ok(a.clone());
+            return Ok(lease(a));
         }
         let path = entry.path.clone();
         let weights = self.read(&path)?;
         self.make_room(&mut inner, name)?;
         tracing::info!(adapter = name, "LoRA adapter read back into memory");
-        Ok(self.install(&mut inner, name, path, weights))
+        Ok(lease(&self.install(&mut inner, name, path, weights)))
     }
 
     /// `POST /v1/load_lora_adapter`: `path` relative to `--lora-dir` (or
@@ -278,7 +312,10 @@ impl AdapterRegistry {
     fn read(&self, path: &Path) -> Result<LoraAdapter, LoraError> {
         let a = LoraAdapter::load(path, &self.cfg).map_err(|e| match e {
             models::ModelError::NotFound(m) => LoraError::NotFound(m),
-            other => LoraError::Invalid(other.to_string()),
+            models::ModelError::Format { path, message } => {
+                LoraError::Invalid(format!("invalid LoRA adapter {path}: {message}"))
+            }
+            other => LoraError::Invalid(format!("LoRA adapter {}: {other}", path.display())),
         })?;
         if a.max_rank() > self.opts.max_lora_rank {
             return Err(LoraError::Invalid(format!(
@@ -345,6 +382,7 @@ impl AdapterRegistry {
             key,
             generation: entry.generation,
             weights,
+            requests: AtomicUsize::new(0),
         });
         entry.resident = Some(active.clone());
         active

@@ -11,7 +11,7 @@ use super::AppState;
 use crate::engine::{
     EngineEvent, EventReceiver, FinishReason, GenerateOutput, GenerateRequest, RequestId, Usage,
 };
-use crate::lora::ActiveAdapter;
+use crate::lora::AdapterLease;
 use crate::sampler::{SampledToken, SamplingParams};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -45,7 +45,7 @@ pub struct Job {
     id: String,
     model: String,
     created: u64,
-    adapter: Option<Arc<ActiveAdapter>>,
+    adapter: Option<AdapterLease>,
 }
 
 impl Job {
@@ -120,7 +120,7 @@ impl Job {
     }
 
     /// Runs every prompt under `adapter`; responses name the adapter.
-    pub fn with_adapter(mut self, adapter: Option<Arc<ActiveAdapter>>) -> Self {
+    pub fn with_adapter(mut self, adapter: Option<AdapterLease>) -> Self {
         if let Some(a) = &adapter {
             self.model = a.name.clone();
         }
@@ -156,7 +156,7 @@ impl Job {
                     .add_request_async(GenerateRequest {
                         prompt_tokens: prompt.clone(),
                         params,
-                        adapter: self.adapter.clone(),
+                        adapter: self.adapter.as_ref().map(AdapterLease::adapter),
                     })
                     .await
                 {

@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod openai;
 
 use crate::engine::Engine;
-use crate::lora::{ActiveAdapter, AdapterRegistry};
+use crate::lora::{AdapterLease, AdapterRegistry};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -284,7 +284,7 @@ fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
 async fn resolve_model(
     st: &Arc<AppState>,
     model: &Option<String>,
-) -> Result<Option<Arc<ActiveAdapter>>, ApiError> {
+) -> Result<Option<AdapterLease>, ApiError> {
     let name = match model {
         Some(m) if m != &st.config.served_model_name => m.clone(),
         _ => return Ok(None),

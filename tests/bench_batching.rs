@@ -118,6 +118,11 @@ fn bad_arguments_are_clear_errors() {
             vec!["--max-model-len", "64"],
             "shorter than the longest request",
         ),
+        (vec!["--lora", "--lora-rank", "0"], "must be positive"),
+        (
+            vec!["--lora", "--lora-targets", "lm_head"],
+            "unknown LoRA target",
+        ),
     ] {
         let mut all = vec!["bench", "batching", "--model", m];
         all.extend(args.iter().copied());
@@ -125,5 +130,68 @@ fn bad_arguments_are_clear_errors() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// The LoRA experiment: every row serves the whole workload, and the
+/// report carries the rows and ratios the docs quote.
+#[test]
+fn lora_experiment_serves_every_row() {
+    let model = synth_model("model-lora");
+    let json = tmp("lora.json");
+    let out = sdlab(&[
+        "bench",
+        "batching",
+        "--model",
+        model.to_str().unwrap(),
+        "--lora",
+        "--lora-adapters",
+        "3",
+        "--lora-rank",
+        "4",
+        "--num-prompts",
+        "10",
+        "--prompt-len",
+        "8,40",
+        "--output-len",
+        "2,12",
+        "--kv-budget-tokens",
+        "1024",
+        "--max-model-len",
+        "128",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let total = r["total_output_tokens"].as_u64().unwrap();
+    let lora = &r["lora"];
+    assert_eq!(lora["num_adapters"], 3);
+    let modes: Vec<&str> = lora["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            assert_eq!(row["output_tokens"].as_u64(), Some(total), "{row}");
+            assert!(row["output_throughput"].as_f64().unwrap() > 0.0);
+            row["mode"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        ["base", "lora-1", "lora-mixed", "merged-1", "merged-swap"]
+    );
+    assert_eq!(lora["rows"][2]["adapters"], 3);
+    assert!(lora["rows"][4]["merge_s"].as_f64().unwrap() > 0.0);
+    for k in [
+        "lora_mixed_over_merged_swap_throughput",
+        "lora_mixed_over_base_throughput",
+        "lora_1_over_merged_1_throughput",
+    ] {
+        assert!(lora["ratios"][k].as_f64().unwrap() > 0.0, "{k}");
     }
 }

@@ -39,6 +39,20 @@ pub struct ActiveAdapter {
     requests: AtomicUsize,
 }
 
+impl ActiveAdapter {
+    /// An adapter outside any registry (benchmarks, embedders); `key` must
+    /// be unique among the adapters that share an engine.
+    pub fn new(name: &str, key: u32, weights: LoraAdapter) -> Self {
+        Self {
+            name: name.to_string(),
+            key,
+            generation: 1,
+            weights,
+            requests: AtomicUsize::new(0),
+        }
+    }
+}
+
 /// One request's claim on an adapter: while any lease is alive the adapter
 /// is never evicted.
 #[derive(Debug)]

@@ -12,6 +12,7 @@
 //! over the concurrency limit (all requests arriving at once) and draws
 //! throughput and latency against it.
 
+mod lora;
 mod modes;
 mod plot;
 mod workload;
@@ -80,6 +81,18 @@ pub struct BenchBatchingArgs {
     /// Concurrency limits of the sweep.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
     pub sweep: Vec<usize>,
+    /// Run the LoRA experiment instead: base, one adapter, adapters mixed in
+    /// one batch, against merging adapters into the weights one at a time.
+    #[arg(long)]
+    pub lora: bool,
+    /// Adapters the LoRA experiment spreads requests over.
+    #[arg(long, default_value_t = 4)]
+    pub lora_adapters: usize,
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// Projections the random adapters target.
+    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj")]
+    pub lora_targets: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -213,18 +226,23 @@ impl Setup {
                 (b, run)
             }
             Mode::Continuous => {
-                let limits = ContinuousLimits {
-                    num_blocks: self.args_kv_budget / self.block_size,
-                    block_size: self.block_size,
-                    max_num_seqs: concurrency,
-                    max_num_batched_tokens: self.max_num_batched_tokens,
-                    max_model_len: self.max_model_len,
-                };
+                let limits = self.continuous_limits(concurrency);
                 let run = modes::run_continuous(loaded.model, loaded.tokenizer, work, &limits)?;
                 (concurrency, run)
             }
         };
         Ok((self.report(mode, limit, &run), run.outputs))
+    }
+
+    /// The engine's limits under the KV budget.
+    fn continuous_limits(&self, concurrency: usize) -> ContinuousLimits {
+        ContinuousLimits {
+            num_blocks: self.args_kv_budget / self.block_size,
+            block_size: self.block_size,
+            max_num_seqs: concurrency,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len: self.max_model_len,
+        }
     }
 
     fn report(&self, mode: Mode, batch_limit: usize, run: &ModeRun) -> ModeReport {
@@ -287,10 +305,21 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
             a.max_model_len
         );
     }
+    let lora_spec = if a.lora {
+        if a.lora_adapters == 0 || a.lora_rank == 0 {
+            bail!("--lora-adapters and --lora-rank must be positive");
+        }
+        Some(lora::LoraSpec {
+            adapters: a.lora_adapters,
+            rank: a.lora_rank,
+            targets: models::lora::parse_targets(&a.lora_targets)?,
+        })
+    } else {
+        None
+    };
     let probe = models::load(&a.model, LoadOptions { weights: a.weights })?;
     let cfg = probe.model.cfg.clone();
     let (name, weights) = (probe.name.clone(), probe.weights.to_string());
-    drop(probe);
     let spec = WorkloadSpec {
         num_prompts: a.num_prompts,
         request_rate,
@@ -315,6 +344,26 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         "{name} ({weights}): {} requests, {total_prompt_tokens} prompt + {total_output_tokens} output tokens, rate {}, concurrency {}, KV budget {} tokens",
         a.num_prompts, a.request_rate, a.concurrency, a.kv_budget_tokens
     );
+    if let Some(spec) = &lora_spec {
+        eprintln!("(the LoRA experiment sends every request at once)");
+        let report = lora::run(&setup, &probe.model, &probe.tokenizer, a.concurrency, spec)?;
+        lora::print_table(&report);
+        if let Some(path) = &a.json {
+            let v = serde_json::json!({
+                "model": name,
+                "weights": weights,
+                "workload": setup.spec,
+                "total_prompt_tokens": total_prompt_tokens,
+                "total_output_tokens": total_output_tokens,
+                "concurrency": a.concurrency,
+                "lora": report,
+            });
+            std::fs::write(path, serde_json::to_string_pretty(&v)?)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        }
+        return Ok(());
+    }
+    drop(probe);
 
     let mut reports = Vec::new();
     let mut first_outputs: Option<Vec<Vec<u32>>> = None;

@@ -18,12 +18,14 @@ use super::workload::{Request, Timing};
 use anyhow::{bail, Context, Result};
 use models::{KvCache, Llama, SeqChunk, TokenizerInfo};
 use server::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest};
+use server::lora::ActiveAdapter;
 use server::runner::LlamaRunner;
 use server::sampler::{Sampler, SamplingParams};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Memory-side results of one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct KvAccount {
     /// Most KV token slots held at once.
     pub peak_slots: usize,
@@ -219,6 +221,18 @@ pub fn run_continuous(
     work: &[Request],
     limits: &ContinuousLimits,
 ) -> Result<ModeRun> {
+    run_continuous_with(model, tokenizer, work, &[], limits)
+}
+
+/// [`run_continuous`] with request `i` under LoRA adapter `adapters[i]`
+/// (none where the slice is shorter).
+pub fn run_continuous_with(
+    model: Llama,
+    tokenizer: TokenizerInfo,
+    work: &[Request],
+    adapters: &[Option<Arc<ActiveAdapter>>],
+    limits: &ContinuousLimits,
+) -> Result<ModeRun> {
     let cache = KvCache::new(&model.cfg, limits.num_blocks, limits.block_size);
     let engine = Engine::start(
         Box::new(LlamaRunner { model, cache }),
@@ -235,14 +249,14 @@ pub fn run_continuous(
     );
     let started = Instant::now();
     let mut collectors = Vec::with_capacity(work.len());
-    for r in work {
+    for (i, r) in work.iter().enumerate() {
         let arrival = started + r.arrival;
         sleep_until(arrival);
         let (_, mut rx) = engine
             .add_request(GenerateRequest {
                 prompt_tokens: r.prompt.clone(),
                 params: greedy(r.output_len),
-                adapter: None,
+                adapter: adapters.get(i).cloned().flatten(),
             })
             .context("the engine refused a request")?;
         let want = r.output_len;

@@ -1,0 +1,244 @@
+//! The LoRA experiment (`sdlab bench batching --lora`): what serving many
+//! adapters from one batch costs, against the naive way.
+//!
+//! The workload's requests all arrive at once and are spread round-robin
+//! over N random adapters of one rank. Every row runs sdlab's continuous
+//! engine with the same limits; only the adapter handling differs:
+//!
+//! - `base`: no adapter (the ceiling).
+//! - `lora-1`: every request under one adapter, applied per row (BGMV).
+//! - `lora-mixed`: request i under adapter i mod N, all in one batch.
+//! - `merged-1`: one adapter merged into the weights (no per-row cost):
+//!   what `lora-1` pays for keeping the base shared.
+//! - `merged-swap`: the naive multi-adapter server: merge adapter k into a
+//!   copy of the weights, serve its requests, then the next adapter. Merge
+//!   time and the wait for earlier adapters count (TTFT from the burst).
+//!
+//! Merging re-quantizes quantized weights to their own format, as
+//! llama.cpp's `export-lora` does.
+
+use super::modes::{run_continuous_with, ModeRun};
+use super::workload::Request;
+use super::Setup;
+use crate::latency::{Latency, Stats};
+use anyhow::Result;
+use models::lora::Target;
+use models::{Llama, LoraAdapter, TokenizerInfo};
+use serde::Serialize;
+use server::lora::ActiveAdapter;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The adapters to serve.
+pub struct LoraSpec {
+    pub adapters: usize,
+    pub rank: usize,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoraRow {
+    pub mode: &'static str,
+    /// Distinct adapters the requests use.
+    pub adapters: usize,
+    pub duration_s: f64,
+    pub output_tokens: usize,
+    pub output_throughput: f64,
+    pub ttft_ms: Option<Stats>,
+    pub tpot_ms: Option<Stats>,
+    /// Time spent merging adapters into weights.
+    pub merge_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoraReport {
+    pub rank: usize,
+    pub targets: Vec<&'static str>,
+    pub num_adapters: usize,
+    /// Memory of one adapter's factors.
+    pub adapter_mb: f64,
+    pub rows: Vec<LoraRow>,
+    pub ratios: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Runs every row on `base` (cloned per row) over the workload as a burst.
+pub fn run(
+    setup: &Setup,
+    base: &Llama,
+    tokenizer: &TokenizerInfo,
+    concurrency: usize,
+    spec: &LoraSpec,
+) -> Result<LoraReport> {
+    let burst: Vec<Request> = setup
+        .work
+        .iter()
+        .map(|r| Request {
+            arrival: Duration::ZERO,
+            ..r.clone()
+        })
+        .collect();
+    let adapters: Vec<Arc<ActiveAdapter>> = (0..spec.adapters)
+        .map(|k| {
+            let w = LoraAdapter::synth(&base.cfg, spec.rank, &spec.targets, 1000 + k as u64)?;
+            Ok(Arc::new(ActiveAdapter::new(
+                &format!("lora-{k}"),
+                k as u32 + 1,
+                w,
+            )))
+        })
+        .collect::<Result<_>>()?;
+    let limits = setup.continuous_limits(concurrency);
+    let run = |model: Llama, work: &[Request], per_req: &[Option<Arc<ActiveAdapter>>]| {
+        run_continuous_with(model, tokenizer.clone(), work, per_req, &limits)
+    };
+    let n = spec.adapters;
+    let mut rows = Vec::new();
+
+    eprintln!("lora: base ...");
+    rows.push(row("base", 0, &run(base.clone(), &burst, &[])?, 0.0));
+
+    eprintln!("lora: one adapter, batched ...");
+    let one: Vec<_> = burst.iter().map(|_| Some(adapters[0].clone())).collect();
+    rows.push(row("lora-1", 1, &run(base.clone(), &burst, &one)?, 0.0));
+
+    eprintln!("lora: {n} adapters mixed in one batch ...");
+    let mixed: Vec<_> = (0..burst.len())
+        .map(|i| Some(adapters[i % n].clone()))
+        .collect();
+    rows.push(row(
+        "lora-mixed",
+        n,
+        &run(base.clone(), &burst, &mixed)?,
+        0.0,
+    ));
+
+    eprintln!("lora: one adapter merged ...");
+    let t = Instant::now();
+    let mut merged = base.clone();
+    merged.merge_lora(&adapters[0].weights)?;
+    let merge_s = t.elapsed().as_secs_f64();
+    let mut r = run(merged, &burst, &[])?;
+    r.started -= Duration::from_secs_f64(merge_s);
+    for t in &mut r.timings {
+        t.arrival = r.started;
+    }
+    rows.push(row("merged-1", 1, &r, merge_s));
+
+    eprintln!("lora: {n} adapters merged one after another ...");
+    let started = Instant::now();
+    let mut all = ModeRun {
+        timings: Vec::new(),
+        outputs: Vec::new(),
+        kv: super::modes::KvAccount::default(),
+        started,
+    };
+    let mut merge_total = 0.0;
+    for (k, adapter) in adapters.iter().enumerate() {
+        let group: Vec<Request> = burst.iter().skip(k).step_by(n).cloned().collect();
+        if group.is_empty() {
+            continue;
+        }
+        let t = Instant::now();
+        let mut merged = base.clone();
+        merged.merge_lora(&adapter.weights)?;
+        merge_total += t.elapsed().as_secs_f64();
+        let r = run(merged, &group, &[])?;
+        // Every request arrived with the burst, before the first merge.
+        all.timings
+            .extend(r.timings.into_iter().map(|t| super::workload::Timing {
+                arrival: started,
+                ..t
+            }));
+    }
+    rows.push(row("merged-swap", n, &all, merge_total));
+
+    let find = |m: &str| {
+        rows.iter()
+            .find(|r| r.mode == m)
+            .map(|r| r.output_throughput)
+    };
+    let mut ratios = serde_json::Map::new();
+    for (name, a, b) in [
+        (
+            "lora_mixed_over_merged_swap_throughput",
+            "lora-mixed",
+            "merged-swap",
+        ),
+        ("lora_mixed_over_base_throughput", "lora-mixed", "base"),
+        ("lora_1_over_base_throughput", "lora-1", "base"),
+        ("lora_1_over_merged_1_throughput", "lora-1", "merged-1"),
+    ] {
+        if let (Some(a), Some(b)) = (find(a), find(b)) {
+            ratios.insert(name.into(), (a / b).into());
+        }
+    }
+    Ok(LoraReport {
+        rank: spec.rank,
+        targets: spec.targets.iter().map(|t| t.name()).collect(),
+        num_adapters: n,
+        adapter_mb: adapters[0].weights.bytes() as f64 / (1 << 20) as f64,
+        rows,
+        ratios,
+    })
+}
+
+fn row(mode: &'static str, adapters: usize, run: &ModeRun, merge_s: f64) -> LoraRow {
+    let end = run
+        .timings
+        .iter()
+        .map(|t| t.finish)
+        .max()
+        .unwrap_or(run.started);
+    let duration_s = (end - run.started).as_secs_f64().max(1e-9);
+    let output_tokens: usize = run.timings.iter().map(|t| t.output_tokens).sum();
+    LoraRow {
+        mode,
+        adapters,
+        duration_s,
+        output_tokens,
+        output_throughput: output_tokens as f64 / duration_s,
+        ttft_ms: run
+            .timings
+            .iter()
+            .map(|t| t.ttft())
+            .collect::<Latency>()
+            .stats(),
+        tpot_ms: run
+            .timings
+            .iter()
+            .filter_map(|t| t.tpot())
+            .collect::<Latency>()
+            .stats(),
+        merge_s,
+    }
+}
+
+pub fn print_table(r: &LoraReport) {
+    println!(
+        "LoRA: {} adapters of rank {} on {} ({:.2} MB each)",
+        r.num_adapters,
+        r.rank,
+        r.targets.join(","),
+        r.adapter_mb
+    );
+    println!(
+        "{:<12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "mode", "adapters", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "merge s"
+    );
+    let ms = |s: &Option<Stats>, f: fn(&Stats) -> f64| s.as_ref().map_or(0.0, f);
+    for row in &r.rows {
+        println!(
+            "{:<12} {:>8} {:>9.1} {:>7.0}ms {:>7.0}ms {:>7.1}ms {:>8.2}",
+            row.mode,
+            row.adapters,
+            row.output_throughput,
+            ms(&row.ttft_ms, |s| s.p50),
+            ms(&row.ttft_ms, |s| s.p99),
+            ms(&row.tpot_ms, |s| s.p50),
+            row.merge_s
+        );
+    }
+    for (k, v) in &r.ratios {
+        println!("{k}: {:.2}x", v.as_f64().unwrap_or(f64::NAN));
+    }
+}

@@ -5,10 +5,17 @@
 use anyhow::{bail, Result};
 use models::{ChatMessage, ChatTemplate};
 use server::engine::{Engine, EngineEvent, GenerateRequest};
+use server::lora::ActiveAdapter;
 use server::sampler::SamplingParams;
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
-pub fn run(engine: &Engine, name: &str, params: SamplingParams) -> Result<()> {
+pub fn run(
+    engine: &Engine,
+    name: &str,
+    params: SamplingParams,
+    adapter: Option<Arc<ActiveAdapter>>,
+) -> Result<()> {
     let tok = engine.tokenizer();
     let Some(source) = &tok.chat_template else {
         bail!("{name} has no chat template")
@@ -32,7 +39,7 @@ pub fn run(engine: &Engine, name: &str, params: SamplingParams) -> Result<()> {
         let (_, mut rx) = engine.add_request(GenerateRequest {
             prompt_tokens,
             params: params.clone(),
-            adapter: None,
+            adapter: adapter.clone(),
         })?;
         let mut answer = String::new();
         let mut out = std::io::stdout();

@@ -89,6 +89,9 @@ struct BenchModelArgs {
 struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A LoRA adapter (PEFT folder) to chat under.
+    #[arg(long)]
+    lora: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
     #[arg(long, default_value_t = 256)]
@@ -213,6 +216,9 @@ fn parse_lora_module(s: &str) -> Result<(String, PathBuf), String> {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A LoRA adapter (PEFT folder) to generate under.
+    #[arg(long)]
+    lora: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
     /// The prompt text.
@@ -300,6 +306,21 @@ fn chat_prompt(loaded: &models::LoadedModel, user: &str) -> Result<String> {
     Ok(template.render(&[ChatMessage::new("user", user)], true)?)
 }
 
+/// The adapter `--lora DIR` names, read and checked against the model.
+fn cli_adapter(
+    loaded: &models::LoadedModel,
+    dir: &Option<PathBuf>,
+) -> Result<Option<std::sync::Arc<server::lora::ActiveAdapter>>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let weights = models::LoraAdapter::load(dir, &loaded.model.cfg)?;
+    let name = dir
+        .file_name()
+        .map_or("lora".into(), |n| n.to_string_lossy().to_string());
+    Ok(Some(std::sync::Arc::new(server::lora::ActiveAdapter::new(
+        &name, 1, weights,
+    ))))
+}
+
 fn start_engine(loaded: models::LoadedModel, args: &EngineArgs) -> Result<Engine> {
     start_llama_engine(loaded, &args.options()).map_err(anyhow::Error::msg)
 }
@@ -312,6 +333,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         a.prompt.clone()
     };
     let prompt_tokens = loaded.tokenizer.encode(&text)?;
+    let adapter = cli_adapter(&loaded, &a.lora)?;
     let engine = start_engine(loaded, &a.engine)?;
     let params = SamplingParams {
         temperature: a.temperature,
@@ -327,7 +349,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let out = engine.generate(GenerateRequest {
         prompt_tokens,
         params,
-        adapter: None,
+        adapter,
     })?;
     if a.json {
         let v = serde_json::json!({ "text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason.as_str() });
@@ -392,6 +414,7 @@ fn synth(a: SynthArgs) -> Result<()> {
 fn chat_cmd(a: ChatArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let name = loaded.name.clone();
+    let adapter = cli_adapter(&loaded, &a.lora)?;
     let engine = start_engine(loaded, &a.engine)?;
     let params = SamplingParams {
         temperature: a.temperature,
@@ -399,7 +422,7 @@ fn chat_cmd(a: ChatArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         ..SamplingParams::default()
     };
-    chat::run(&engine, &name, params)
+    chat::run(&engine, &name, params, adapter)
 }
 
 fn bench_model_cmd(a: BenchModelArgs) -> Result<()> {

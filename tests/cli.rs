@@ -69,6 +69,107 @@ fn synth_is_deterministic_and_generate_json_works() {
     assert_eq!(first, run(), "greedy generation is deterministic");
 }
 
+/// `lora synth` writes a PEFT folder; `generate --lora` runs under it.
+#[test]
+fn lora_synth_then_generate_under_it() {
+    let model = tmp("lora-model");
+    synth(&model, 3);
+    let m = model.to_str().unwrap();
+    let adapter = tmp("lora-adapter");
+    let out = sdlab(&[
+        "lora",
+        "synth",
+        "--model",
+        m,
+        "--rank",
+        "4",
+        "--targets",
+        "all",
+        "--seed",
+        "2",
+        "--out",
+        adapter.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["target_modules"].as_array().unwrap().len(), 7);
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    let gen = |lora: Option<&str>| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "The engine keeps",
+            "--max-tokens",
+            "12",
+            "--ignore-eos",
+            "--json",
+        ];
+        if let Some(l) = lora {
+            args.extend(["--lora", l]);
+        }
+        stdout_json(&sdlab(&args))
+    };
+    let with = gen(Some(adapter.to_str().unwrap()));
+    assert_eq!(with, gen(Some(adapter.to_str().unwrap())), "deterministic");
+    assert_ne!(
+        with["token_ids"],
+        gen(None)["token_ids"],
+        "the adapter changes the output"
+    );
+
+    for (args, says) in [
+        (
+            vec![
+                "lora",
+                "synth",
+                "--model",
+                m,
+                "--targets",
+                "lm_head",
+                "--out",
+                "/tmp/x",
+            ],
+            "unknown LoRA target",
+        ),
+        (
+            vec![
+                "lora", "synth", "--model", m, "--rank", "0", "--out", "/tmp/x",
+            ],
+            "--rank must be positive",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "hi",
+                "--lora",
+                "/no/such/adapter",
+            ],
+            "adapter_config.json",
+        ),
+        (
+            vec!["serve", "--model", m, "--lora-modules", "noequals"],
+            "NAME=PATH",
+        ),
+    ] {
+        let out = sdlab(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn missing_model_is_a_one_line_error_with_a_fix() {
     let out = sdlab(&["generate", "--model", "no-such-model", "--prompt", "hi"]);
@@ -87,6 +188,9 @@ fn every_command_has_help() {
         vec!["eval", "perplexity", "--help"],
         vec!["model", "synth", "--help"],
         vec!["bench", "model", "--help"],
+        vec!["serve", "--help"],
+        vec!["lora", "synth", "--help"],
+        vec!["lora", "train", "--help"],
     ] {
         let out = sdlab(&args);
         assert!(out.status.success(), "{args:?}");

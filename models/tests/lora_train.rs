@@ -2,6 +2,8 @@
 //! sdlab's decoder (so a trained adapter is served as it was trained), the
 //! loss falls and is reproducible, and bad inputs are errors.
 
+mod common;
+
 use models::lora::{LoraAdapter, Target};
 use models::lora_train::{
     parse_jsonl, read_jsonl, render_example, tokenize_examples, train, Example, LoraNet,
@@ -312,4 +314,49 @@ fn bad_inputs_are_errors_not_panics() {
     );
     let e = e.err().expect("a diverged run is an error");
     assert!(e.to_string().contains("learning rate"), "{e}");
+}
+
+/// A manual check of a real trained adapter: greedy chat answers to unseen
+/// questions with and without it. Run with
+/// `SDLAB_LORA_ADAPTER=/path/to/adapter cargo test -p models --test lora_train -- --ignored --nocapture`
+/// (`SDLAB_LORA_QUESTIONS` takes `|`-separated questions).
+#[test]
+#[ignore = "needs a trained adapter in SDLAB_LORA_ADAPTER"]
+fn real_adapter_changes_the_style_of_chat_answers() {
+    let Ok(dir) = std::env::var("SDLAB_LORA_ADAPTER") else {
+        panic!("set SDLAB_LORA_ADAPTER to an adapter folder");
+    };
+    let Some(path) = common::real_model_path() else {
+        return;
+    };
+    let loaded = models::load(path.to_str().unwrap(), Default::default()).unwrap();
+    let adapter = LoraAdapter::load(std::path::Path::new(&dir), &loaded.model.cfg).unwrap();
+    let tok = &loaded.tokenizer;
+    let template = models::ChatTemplate::new(
+        tok.chat_template.as_deref().unwrap(),
+        tok.bos_token(),
+        tok.eos_token(),
+    )
+    .unwrap();
+    let questions = std::env::var("SDLAB_LORA_QUESTIONS").unwrap_or_else(|_| {
+        "What is the capital of Portugal?|How do I make pancakes?|Why do dogs bark?".into()
+    });
+    let mut changed = 0;
+    for q in questions.split('|') {
+        let text = template
+            .render(&[models::ChatMessage::new("user", q)], true)
+            .unwrap();
+        let prompt = tok.encode(&text).unwrap();
+        let answer = |adapter: Option<&LoraAdapter>| {
+            let mut out = common::greedy_with(&loaded.model, &prompt, 80, adapter);
+            if let Some(end) = out.iter().position(|t| tok.eos_token_ids.contains(t)) {
+                out.truncate(end);
+            }
+            tok.decode(&out).unwrap()
+        };
+        let (base, tuned) = (answer(None), answer(Some(&adapter)));
+        println!("Q: {q}\n  base:    {base}\n  adapter: {tuned}\n");
+        changed += usize::from(base != tuned);
+    }
+    assert!(changed > 0, "the adapter changed no answer");
 }

@@ -117,8 +117,7 @@ pub fn bgmv(
             })
             .collect();
         for c in 0..n {
-            let b = &f.b[c * f.rank..(c + 1) * f.rank];
-            let d: f64 = b.iter().zip(&t).map(|(b, t)| *b as f64 * t).sum();
+            let d: f64 = (0..f.rank).map(|i| f.b_t[i * n + c] as f64 * t[i]).sum();
             out[r * n + c] += (f.scale as f64 * d) as f32;
         }
     }

@@ -31,6 +31,59 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Folds eight lane sums in the order the SIMD path uses:
 /// (l0+l4, l1+l5, l2+l6, l3+l7), then pairs, then the last pair.
+/// Four dot products of `x` against `rows`, in one pass over `x`: each
+/// result is bit-identical to [`dot`] (the same reduction per row), but the
+/// four independent chains hide the FMA latency one chain waits on.
+#[inline]
+pub fn dot4(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    debug_assert!(rows.iter().all(|r| r.len() == x.len()));
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        unsafe { dot4_avx2(x, rows) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        rows.map(|r| dot(x, r))
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline]
+unsafe fn dot4_avx2(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n8 = x.len() / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < n8 {
+        let vx = _mm256_loadu_ps(x.as_ptr().add(i));
+        for (a, r) in acc.iter_mut().zip(&rows) {
+            *a = _mm256_fmadd_ps(vx, _mm256_loadu_ps(r.as_ptr().add(i)), *a);
+        }
+        i += 8;
+    }
+    let mut out = [0f32; 4];
+    for ((o, a), r) in out.iter_mut().zip(&acc).zip(&rows) {
+        let mut s = hsum(*a);
+        for j in i..x.len() {
+            s = x[j].mul_add(r[j], s);
+        }
+        *o = s;
+    }
+    out
+}
+
 #[inline]
 pub fn fold8(l: [f32; 8]) -> f32 {
     let q = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];

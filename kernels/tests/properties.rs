@@ -102,7 +102,7 @@ proptest! {
             .collect();
         let slots: Vec<Option<kernels::LoraFactors>> = factors
             .iter()
-            .map(|f| f.as_ref().map(|(a, b, rank, scale)| kernels::LoraFactors { a, b, rank: *rank, scale: *scale }))
+            .map(|f| f.as_ref().map(|(a, b, rank, scale)| kernels::LoraFactors { a, b_t: b, rank: *rank, scale: *scale }))
             .collect();
         let row_slots: Vec<Option<usize>> = row_picks.iter().map(|p| p.map(|p| p % slots.len())).collect();
         let m = row_slots.len();
@@ -221,7 +221,7 @@ fn bad_shapes_are_errors_not_panics() {
     let (a, b) = (vec![0f32; 8], vec![0f32; 2]);
     let f = kernels::LoraFactors {
         a: &a,
-        b: &b,
+        b_t: &b,
         rank: 2,
         scale: 1.0,
     };

@@ -126,18 +126,38 @@ pub fn parse_targets(list: &str) -> Result<Vec<Target>> {
 pub struct LoraModule {
     /// `[rank, in_features]`.
     pub a: Vec<f32>,
-    /// `[out_features, rank]`.
+    /// `[out_features, rank]`, as PEFT stores it.
     pub b: Vec<f32>,
+    /// `B` transposed, `[rank, out_features]`, as the kernel reads it.
+    b_t: Vec<f32>,
     pub rank: usize,
     pub alpha: f32,
     pub scale: f32,
 }
 
 impl LoraModule {
+    fn new(a: Vec<f32>, b: Vec<f32>, rank: usize, alpha: f32, scale: f32) -> Self {
+        let n = b.len() / rank;
+        let mut b_t = vec![0f32; b.len()];
+        for (c, row) in b.chunks_exact(rank).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                b_t[i * n + c] = *v;
+            }
+        }
+        Self {
+            a,
+            b,
+            b_t,
+            rank,
+            alpha,
+            scale,
+        }
+    }
+
     pub fn factors(&self) -> kernels::LoraFactors<'_> {
         kernels::LoraFactors {
             a: &self.a,
-            b: &self.b,
+            b_t: &self.b_t,
             rank: self.rank,
             scale: self.scale,
         }
@@ -314,13 +334,7 @@ impl LoraAdapter {
                 b = permute_rows(&b, rank, heads, cfg.head_dim, true);
             }
             let scale = scale_for(alpha, rank, peft.use_rslora);
-            layers[layer][target as usize] = Some(LoraModule {
-                a,
-                b,
-                rank,
-                alpha,
-                scale,
-            });
+            layers[layer][target as usize] = Some(LoraModule::new(a, b, rank, alpha, scale));
         }
         Ok(Self {
             layers,
@@ -405,13 +419,13 @@ impl LoraAdapter {
                     target.module_path(layer)
                 )));
             }
-            layers[layer][target as usize] = Some(LoraModule {
+            layers[layer][target as usize] = Some(LoraModule::new(
                 a,
                 b,
                 rank,
                 alpha,
-                scale: scale_for(alpha, rank, false),
-            });
+                scale_for(alpha, rank, false),
+            ));
         }
         Ok(Self {
             layers,

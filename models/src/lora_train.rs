@@ -159,17 +159,24 @@ pub struct TrainSeq {
 /// prompt) and the completion up to and including the template's
 /// end-of-turn; without a chat template, `prompt` then `completion`.
 pub fn render_example(tok: &TokenizerInfo, ex: &Example) -> Result<(String, String)> {
-    let Some(source) = &tok.chat_template else {
+    render_with(chat_template(tok)?.as_ref(), ex)
+}
+
+fn chat_template(tok: &TokenizerInfo) -> Result<Option<ChatTemplate>> {
+    tok.chat_template
+        .as_deref()
+        .map(|src| ChatTemplate::new(src, tok.bos_token(), tok.eos_token()))
+        .transpose()
+}
+
+fn render_with(template: Option<&ChatTemplate>, ex: &Example) -> Result<(String, String)> {
+    let Some(template) = template else {
         return Ok((ex.prompt.clone(), ex.completion.clone()));
     };
-    let template = ChatTemplate::new(source, tok.bos_token(), tok.eos_token())?;
-    let user = [ChatMessage::new("user", ex.prompt.as_str())];
-    let prompt = template.render(&user, true)?;
+    let user = ChatMessage::new("user", ex.prompt.as_str());
+    let prompt = template.render(std::slice::from_ref(&user), true)?;
     let full = template.render(
-        &[
-            user[0].clone(),
-            ChatMessage::new("assistant", ex.completion.as_str()),
-        ],
+        &[user, ChatMessage::new("assistant", ex.completion.as_str())],
         false,
     )?;
     match full.strip_prefix(&prompt) {
@@ -187,9 +194,10 @@ pub fn tokenize_examples(
     examples: &[Example],
     max_len: usize,
 ) -> Result<Vec<TrainSeq>> {
+    let template = chat_template(tok)?;
     let mut out = Vec::with_capacity(examples.len());
     for ex in examples {
-        let (prompt, completion) = render_example(tok, ex)?;
+        let (prompt, completion) = render_with(template.as_ref(), ex)?;
         let mut tokens = tok.encode(&prompt)?;
         let prompt_len = tokens.len();
         let enc = tok
@@ -526,7 +534,7 @@ impl LoraNet {
         // Row j of sequence b predicts token j + 1.
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         for (b, s) in batch.iter().enumerate() {
-            for j in s.prompt_len.max(1) - 1..s.tokens.len() - 1 {
+            for j in s.prompt_len.max(1) - 1..s.tokens.len().saturating_sub(1) {
                 rows.push((b * t + j) as u32);
                 targets.push(s.tokens[j + 1]);
             }

@@ -127,11 +127,11 @@ fn row_delta(x: &[f32], f: LoraFactors<'_>, out: &mut [f32]) {
             *o += a;
         }
     }
-    for c in full..n {
+    for (c, o) in out.iter_mut().enumerate().skip(full) {
         let mut acc = 0f32;
         for (i, ti) in t.iter().enumerate() {
             acc += ti * f.b_t[i * n + c];
         }
-        out[c] += acc;
+        *o += acc;
     }
 }

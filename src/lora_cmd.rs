@@ -213,6 +213,7 @@ fn plot_loss(path: &std::path::Path, losses: &[f32], title: &str) -> Result<()> 
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("cross-entropy on completion tokens")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;

@@ -149,6 +149,8 @@ fn lora_experiment_serves_every_row() {
         "3",
         "--lora-rank",
         "4",
+        "--lora-repeat",
+        "3",
         "--num-prompts",
         "10",
         "--prompt-len",
@@ -187,6 +189,14 @@ fn lora_experiment_serves_every_row() {
     );
     assert_eq!(lora["rows"][2]["adapters"], 3);
     assert!(lora["rows"][4]["merge_s"].as_f64().unwrap() > 0.0);
+    for row in lora["rows"].as_array().unwrap() {
+        let (lo, hi) = (
+            row["throughput_range"][0].as_f64().unwrap(),
+            row["throughput_range"][1].as_f64().unwrap(),
+        );
+        let median = row["output_throughput"].as_f64().unwrap();
+        assert!(lo <= median && median <= hi, "{row}");
+    }
     for k in [
         "lora_mixed_over_merged_swap_throughput",
         "lora_mixed_over_base_throughput",

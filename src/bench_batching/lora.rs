@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 /// The adapters to serve.
 pub struct LoraSpec {
     pub adapters: usize,
+    /// Rounds over every row; each row reports its median.
+    pub repeat: usize,
     pub rank: usize,
     pub targets: Vec<Target>,
 }
@@ -48,6 +50,8 @@ pub struct LoraRow {
     pub tpot_ms: Option<Stats>,
     /// Time spent merging adapters into weights.
     pub merge_s: f64,
+    /// Lowest and highest output tokens/s over the rounds.
+    pub throughput_range: (f64, f64),
 }
 
 #[derive(Debug, Serialize)]
@@ -92,65 +96,80 @@ pub fn run(
         run_continuous_with(model, tokenizer.clone(), work, per_req, &limits)
     };
     let n = spec.adapters;
-    let mut rows = Vec::new();
-
-    eprintln!("lora: base ...");
-    rows.push(row("base", 0, &run(base.clone(), &burst, &[])?, 0.0));
-
-    eprintln!("lora: one adapter, batched ...");
     let one: Vec<_> = burst.iter().map(|_| Some(adapters[0].clone())).collect();
-    rows.push(row("lora-1", 1, &run(base.clone(), &burst, &one)?, 0.0));
-
-    eprintln!("lora: {n} adapters mixed in one batch ...");
     let mixed: Vec<_> = (0..burst.len())
         .map(|i| Some(adapters[i % n].clone()))
         .collect();
-    rows.push(row(
-        "lora-mixed",
-        n,
-        &run(base.clone(), &burst, &mixed)?,
-        0.0,
-    ));
-
-    eprintln!("lora: one adapter merged ...");
-    let t = Instant::now();
-    let mut merged = base.clone();
-    merged.merge_lora(&adapters[0].weights)?;
-    let merge_s = t.elapsed().as_secs_f64();
-    let mut r = run(merged, &burst, &[])?;
-    r.started -= Duration::from_secs_f64(merge_s);
-    for t in &mut r.timings {
-        t.arrival = r.started;
-    }
-    rows.push(row("merged-1", 1, &r, merge_s));
-
-    eprintln!("lora: {n} adapters merged one after another ...");
-    let started = Instant::now();
-    let mut all = ModeRun {
-        timings: Vec::new(),
-        outputs: Vec::new(),
-        kv: super::modes::KvAccount::default(),
-        started,
+    let run_row = |mode: &'static str| -> Result<LoraRow> {
+        Ok(match mode {
+            "base" => row(mode, 0, &run(base.clone(), &burst, &[])?, 0.0),
+            "lora-1" => row(mode, 1, &run(base.clone(), &burst, &one)?, 0.0),
+            "lora-mixed" => row(mode, n, &run(base.clone(), &burst, &mixed)?, 0.0),
+            "merged-1" => {
+                let t = Instant::now();
+                let mut merged = base.clone();
+                merged.merge_lora(&adapters[0].weights)?;
+                let merge_s = t.elapsed().as_secs_f64();
+                let mut r = run(merged, &burst, &[])?;
+                // The merge happened before the burst could be served.
+                r.started -= Duration::from_secs_f64(merge_s);
+                for t in &mut r.timings {
+                    t.arrival = r.started;
+                }
+                row(mode, 1, &r, merge_s)
+            }
+            _ => {
+                let started = Instant::now();
+                let mut all = ModeRun {
+                    timings: Vec::new(),
+                    outputs: Vec::new(),
+                    kv: super::modes::KvAccount::default(),
+                    started,
+                };
+                let mut merge_total = 0.0;
+                for (k, adapter) in adapters.iter().enumerate() {
+                    let group: Vec<Request> = burst.iter().skip(k).step_by(n).cloned().collect();
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let mut merged = base.clone();
+                    merged.merge_lora(&adapter.weights)?;
+                    merge_total += t.elapsed().as_secs_f64();
+                    let r = run(merged, &group, &[])?;
+                    // Every request arrived with the burst, before the first merge.
+                    all.timings
+                        .extend(r.timings.into_iter().map(|t| super::workload::Timing {
+                            arrival: started,
+                            ..t
+                        }));
+                }
+                row(mode, n, &all, merge_total)
+            }
+        })
     };
-    let mut merge_total = 0.0;
-    for (k, adapter) in adapters.iter().enumerate() {
-        let group: Vec<Request> = burst.iter().skip(k).step_by(n).cloned().collect();
-        if group.is_empty() {
-            continue;
+    // Rounds of every row in turn, so slow spells of a shared machine fall
+    // on every row alike; each row keeps its median-throughput run.
+    const MODES: [&str; 5] = ["base", "lora-1", "lora-mixed", "merged-1", "merged-swap"];
+    let mut runs: Vec<Vec<LoraRow>> = MODES.iter().map(|_| Vec::new()).collect();
+    for round in 0..spec.repeat {
+        for (i, mode) in MODES.iter().enumerate() {
+            eprintln!("lora: {mode} (round {}/{}) ...", round + 1, spec.repeat);
+            let r = run_row(mode)?;
+            eprintln!("  {:.1} output tok/s", r.output_throughput);
+            runs[i].push(r);
         }
-        let t = Instant::now();
-        let mut merged = base.clone();
-        merged.merge_lora(&adapter.weights)?;
-        merge_total += t.elapsed().as_secs_f64();
-        let r = run(merged, &group, &[])?;
-        // Every request arrived with the burst, before the first merge.
-        all.timings
-            .extend(r.timings.into_iter().map(|t| super::workload::Timing {
-                arrival: started,
-                ..t
-            }));
     }
-    rows.push(row("merged-swap", n, &all, merge_total));
+    let rows: Vec<LoraRow> = runs
+        .into_iter()
+        .map(|mut rs| {
+            rs.sort_by(|a, b| a.output_throughput.total_cmp(&b.output_throughput));
+            let (lo, hi) = (rs[0].output_throughput, rs[rs.len() - 1].output_throughput);
+            let mut median = rs.swap_remove(rs.len() / 2);
+            median.throughput_range = (lo, hi);
+            median
+        })
+        .collect();
 
     let find = |m: &str| {
         rows.iter()
@@ -210,6 +229,7 @@ fn row(mode: &'static str, adapters: usize, run: &ModeRun, merge_s: f64) -> Lora
             .collect::<Latency>()
             .stats(),
         merge_s,
+        throughput_range: (0.0, 0.0),
     }
 }
 
@@ -222,16 +242,20 @@ pub fn print_table(r: &LoraReport) {
         r.adapter_mb
     );
     println!(
-        "{:<12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "mode", "adapters", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "merge s"
+        "{:<12} {:>8} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
+        "mode", "adapters", "out tok/s", "(range)", "TTFT p50", "TTFT p99", "TPOT p50", "merge s"
     );
     let ms = |s: &Option<Stats>, f: fn(&Stats) -> f64| s.as_ref().map_or(0.0, f);
     for row in &r.rows {
         println!(
-            "{:<12} {:>8} {:>9.1} {:>7.0}ms {:>7.0}ms {:>7.1}ms {:>8.2}",
+            "{:<12} {:>8} {:>9.1} {:>15} {:>7.0}ms {:>7.0}ms {:>7.1}ms {:>8.2}",
             row.mode,
             row.adapters,
             row.output_throughput,
+            format!(
+                "{:.1}-{:.1}",
+                row.throughput_range.0, row.throughput_range.1
+            ),
             ms(&row.ttft_ms, |s| s.p50),
             ms(&row.ttft_ms, |s| s.p99),
             ms(&row.tpot_ms, |s| s.p50),

@@ -93,6 +93,9 @@ pub struct BenchBatchingArgs {
     /// Projections the random adapters target.
     #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj")]
     pub lora_targets: String,
+    /// Rounds of the LoRA experiment (rows interleaved; medians reported).
+    #[arg(long, default_value_t = 1)]
+    pub lora_repeat: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -306,11 +309,12 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         );
     }
     let lora_spec = if a.lora {
-        if a.lora_adapters == 0 || a.lora_rank == 0 {
-            bail!("--lora-adapters and --lora-rank must be positive");
+        if a.lora_adapters == 0 || a.lora_rank == 0 || a.lora_repeat == 0 {
+            bail!("--lora-adapters, --lora-rank and --lora-repeat must be positive");
         }
         Some(lora::LoraSpec {
             adapters: a.lora_adapters,
+            repeat: a.lora_repeat,
             rank: a.lora_rank,
             targets: models::lora::parse_targets(&a.lora_targets)?,
         })

@@ -8,7 +8,7 @@ RELEASE    := target/release/sdlab
 MODEL      ?= smollm2-135m-instruct
 PROMPT     ?= What is the capital of France?
 
-.PHONY: all build run chat test models bench clean lint fmt check
+.PHONY: all build run chat test models bench clean lint fmt check lora-demo
 
 all: build
 
@@ -51,6 +51,15 @@ check: lint test
 bench: models build
 	$(RELEASE) bench model --model $(MODEL)
 	$(RELEASE) bench batching --model $(MODEL) --json target/bench-batching.json --plot target/bench-batching.svg
+
+## Train the pirate-style LoRA adapter on data/lora/pirate.jsonl (about 10
+## minutes on 2 cores), then answer one question with and without it.
+LORA_DIR   ?= $(SDLAB_CACHE_DIR)/lora
+QUESTION   ?= What is the capital of Portugal?
+lora-demo: models build
+	$(RELEASE) lora train --model $(MODEL) --data data/lora/pirate.jsonl --rank 8 --steps 80 --out $(LORA_DIR)/pirate
+	$(RELEASE) generate --model $(MODEL) --chat --max-tokens 60 --prompt "$(QUESTION)"
+	$(RELEASE) generate --model $(MODEL) --chat --max-tokens 60 --prompt "$(QUESTION)" --lora $(LORA_DIR)/pirate
 
 clean:
 	$(CARGO) clean

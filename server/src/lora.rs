@@ -241,7 +241,7 @@ impl AdapterRegistry {
         let path = entry.path.clone();
         let weights = self.read(&path)?;
         self.make_room(&mut inner, name)?;
-        tracing::info!(adapter = name, "LoRA adapter read back into memory");
+        tracing::info!(adapter = name, "LoRA adapter read into memory on demand");
         Ok(lease(&self.install(&mut inner, name, path, weights)))
     }
 

@@ -20,7 +20,7 @@
 use super::modes::{run_continuous_with, ModeRun};
 use super::workload::Request;
 use super::Setup;
-use crate::latency::{Latency, Stats};
+use crate::latency::Stats;
 use anyhow::Result;
 use models::lora::Target;
 use models::{Llama, LoraAdapter, TokenizerInfo};
@@ -202,32 +202,15 @@ pub fn run(
 }
 
 fn row(mode: &'static str, adapters: usize, run: &ModeRun, merge_s: f64) -> LoraRow {
-    let end = run
-        .timings
-        .iter()
-        .map(|t| t.finish)
-        .max()
-        .unwrap_or(run.started);
-    let duration_s = (end - run.started).as_secs_f64().max(1e-9);
-    let output_tokens: usize = run.timings.iter().map(|t| t.output_tokens).sum();
+    let s = run.summary();
     LoraRow {
         mode,
         adapters,
-        duration_s,
-        output_tokens,
-        output_throughput: output_tokens as f64 / duration_s,
-        ttft_ms: run
-            .timings
-            .iter()
-            .map(|t| t.ttft())
-            .collect::<Latency>()
-            .stats(),
-        tpot_ms: run
-            .timings
-            .iter()
-            .filter_map(|t| t.tpot())
-            .collect::<Latency>()
-            .stats(),
+        duration_s: s.duration_s,
+        output_tokens: s.output_tokens,
+        output_throughput: s.output_tokens as f64 / s.duration_s,
+        ttft_ms: s.ttft_ms,
+        tpot_ms: s.tpot_ms,
         merge_s,
         throughput_range: (0.0, 0.0),
     }

@@ -17,7 +17,7 @@ mod modes;
 mod plot;
 mod workload;
 
-use crate::latency::{Latency, Stats};
+use crate::latency::Stats;
 use anyhow::{bail, Result};
 use clap::Args;
 use models::{LoadOptions, WeightFormat};
@@ -249,35 +249,18 @@ impl Setup {
     }
 
     fn report(&self, mode: Mode, batch_limit: usize, run: &ModeRun) -> ModeReport {
-        let end = run
-            .timings
-            .iter()
-            .map(|t| t.finish)
-            .max()
-            .unwrap_or(run.started);
-        let duration_s = (end - run.started).as_secs_f64().max(1e-9);
-        let output_tokens: usize = run.timings.iter().map(|t| t.output_tokens).sum();
+        let s = run.summary();
         let kv = run.kv;
         ModeReport {
             mode,
             batch_limit,
-            duration_s,
+            duration_s: s.duration_s,
             requests: run.timings.len(),
-            output_tokens,
-            output_throughput: output_tokens as f64 / duration_s,
-            request_throughput: run.timings.len() as f64 / duration_s,
-            ttft_ms: run
-                .timings
-                .iter()
-                .map(|t| t.ttft())
-                .collect::<Latency>()
-                .stats(),
-            tpot_ms: run
-                .timings
-                .iter()
-                .filter_map(|t| t.tpot())
-                .collect::<Latency>()
-                .stats(),
+            output_tokens: s.output_tokens,
+            output_throughput: s.output_tokens as f64 / s.duration_s,
+            request_throughput: run.timings.len() as f64 / s.duration_s,
+            ttft_ms: s.ttft_ms,
+            tpot_ms: s.tpot_ms,
             peak_kv_mb: (kv.peak_slots * self.kv_bytes_per_token) as f64 / (1 << 20) as f64,
             kv_waste_ratio: 1.0 - kv.written_slots as f64 / kv.allocated_slots.max(1) as f64,
             max_concurrent_seqs: kv.max_concurrent_seqs,

@@ -15,6 +15,7 @@
 //! the full vocabulary) and workload.
 
 use super::workload::{Request, Timing};
+use crate::latency::{Latency, Stats};
 use anyhow::{bail, Context, Result};
 use models::{KvCache, Llama, SeqChunk, TokenizerInfo};
 use server::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest};
@@ -44,6 +45,42 @@ pub struct ModeRun {
     pub outputs: Vec<Vec<u32>>,
     pub kv: KvAccount,
     pub started: Instant,
+}
+
+/// What every report of a run starts from: wall time from the run's start
+/// to the last finish, output tokens, and TTFT / TPOT percentiles.
+pub struct RunSummary {
+    pub duration_s: f64,
+    pub output_tokens: usize,
+    pub ttft_ms: Option<Stats>,
+    pub tpot_ms: Option<Stats>,
+}
+
+impl ModeRun {
+    pub fn summary(&self) -> RunSummary {
+        let end = self
+            .timings
+            .iter()
+            .map(|t| t.finish)
+            .max()
+            .unwrap_or(self.started);
+        RunSummary {
+            duration_s: (end - self.started).as_secs_f64().max(1e-9),
+            output_tokens: self.timings.iter().map(|t| t.output_tokens).sum(),
+            ttft_ms: self
+                .timings
+                .iter()
+                .map(|t| t.ttft())
+                .collect::<Latency>()
+                .stats(),
+            tpot_ms: self
+                .timings
+                .iter()
+                .filter_map(|t| t.tpot())
+                .collect::<Latency>()
+                .stats(),
+        }
+    }
 }
 
 /// KV slots a finished sequence wrote: its prompt and every generated token

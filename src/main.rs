@@ -15,6 +15,8 @@ mod bench_serve;
 mod chat;
 mod latency;
 mod lora_cmd;
+mod rag_cmd;
+mod rag_collection_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +49,11 @@ enum Command {
     /// LoRA adapters: make a random one, or train one.
     #[command(subcommand)]
     Lora(lora_cmd::LoraCommand),
+    /// Sentence embeddings (all-MiniLM-L6-v2).
+    Embed(rag_cmd::EmbedArgs),
+    /// Retrieval: collections, queries and evaluations.
+    #[command(subcommand)]
+    Rag(rag_cmd::RagCommand),
 }
 
 #[derive(Subcommand)]
@@ -290,6 +297,8 @@ fn main() {
         Command::Eval(EvalCommand::Perplexity(a)) => perplexity(a),
         Command::Model(ModelCommand::Synth(a)) => synth(a),
         Command::Lora(c) => lora_cmd::run(c),
+        Command::Embed(a) => rag_cmd::embed(a),
+        Command::Rag(c) => rag_cmd::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

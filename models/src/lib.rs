@@ -13,6 +13,7 @@
 //! - [`lora`]: PEFT LoRA adapters, applied per row in the batch or merged.
 //! - [`synth`]: a small deterministic model for tests that need no download.
 
+pub mod bert;
 pub mod chat;
 pub mod config;
 pub mod eval;

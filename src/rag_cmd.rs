@@ -23,6 +23,10 @@ pub struct EmbedArgs {
     /// Also print throughput and per-batch latency (p50, p90) to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Encoder implementation: `packed` (sdlab's, no padding) or `candle`
+    /// (candle-transformers' BertModel, padded batches).
+    #[arg(long, default_value = "packed")]
+    pub backend: models::bert::Backend,
 }
 
 #[derive(Subcommand)]
@@ -72,7 +76,8 @@ pub fn embed(a: EmbedArgs) -> Result<()> {
     }
     let dir = a.model.clone().unwrap_or_else(models::bert::default_path);
     let loaded = std::time::Instant::now();
-    let model = models::bert::SentenceEmbedder::load(&dir)?.with_batch_size(a.batch_size)?;
+    let model = models::bert::SentenceEmbedder::load_with(&dir, a.backend)?
+        .with_batch_size(a.batch_size)?;
     let load_s = loaded.elapsed().as_secs_f64();
     let (vectors, timing) = embed_timed(&model, &texts, a.batch_size)?;
     if a.stats {
@@ -135,20 +140,24 @@ impl EmbedTiming {
         let mut ms = self.batch_ms.clone();
         ms.sort_by(|a, b| a.total_cmp(b));
         let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-        let tokens: usize = texts
+        let lens: Vec<usize> = texts
             .iter()
             .map(|t| model.tokenize(&[t.as_str()]).map_or(0, |ids| ids[0].len()))
-            .sum();
+            .collect();
+        let tokens: usize = lens.iter().sum();
         eprintln!(
-            "embedded {} texts (mean {:.1} tokens, max {}) in {:.2} s at batch {}: \
-             {:.1} texts/s; per batch p50 {:.1} ms, p90 {:.1} ms; model load {:.2} s; \
-             {} threads",
+            "embedded {} texts ({} tokens: mean {:.1}, max {}) in {:.2} s at batch {} on the {:?} \
+             backend: {:.1} texts/s, {:.0} tokens/s; per batch p50 {:.1} ms, p90 {:.1} ms; \
+             model load {:.2} s; {} threads",
             texts.len(),
+            tokens,
             tokens as f64 / texts.len() as f64,
-            model.max_seq_len(),
+            lens.iter().max().unwrap_or(&0),
             self.total_s,
             self.batch_size,
+            model.backend(),
             texts.len() as f64 / self.total_s,
+            tokens as f64 / self.total_s,
             pct(0.5),
             pct(0.9),
             load_s,

@@ -5,7 +5,7 @@
 //! Tests that need the real model skip with a message when `make models` has
 //! not fetched it, and fail when `SDLAB_REQUIRE_REAL_MODELS=1`.
 
-use models::bert::{cosine, SentenceEmbedder};
+use models::bert::{Backend, SentenceEmbedder};
 use models::ModelError;
 use std::path::PathBuf;
 
@@ -53,6 +53,18 @@ fn goldens() -> Option<Vec<Golden>> {
     )
 }
 
+/// Cosine similarity in f64, so `1 - cos` below 1e-7 still shows.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64, *y as f64);
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    dot / (na.sqrt() * nb.sqrt()).max(1e-300)
+}
+
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
@@ -62,7 +74,13 @@ fn matches_sentence_transformers_ids_and_vectors() {
     let (Some(dir), Some(cases)) = (minilm_path(), goldens()) else {
         return;
     };
-    let m = SentenceEmbedder::load(&dir).unwrap();
+    for backend in [Backend::Packed, Backend::Candle] {
+        parity(&dir, &cases, backend);
+    }
+}
+
+fn parity(dir: &std::path::Path, cases: &[Golden], backend: Backend) {
+    let m = SentenceEmbedder::load_with(dir, backend).unwrap();
     assert_eq!(m.dim(), 384);
     assert_eq!(m.max_seq_len(), 256);
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
@@ -72,7 +90,7 @@ fn matches_sentence_transformers_ids_and_vectors() {
     }
     // All at once (one padded batch of mixed lengths) and one at a time.
     let batched = m.embed(&texts).unwrap();
-    let mut min = (f32::INFINITY, "");
+    let mut min = (f64::INFINITY, "");
     for (c, v) in cases.iter().zip(&batched) {
         assert_eq!(v.len(), 384);
         assert!((norm(v) - 1.0).abs() < 1e-4, "norm of {:?}", c.text);
@@ -89,13 +107,18 @@ fn matches_sentence_transformers_ids_and_vectors() {
         };
     }
     eprintln!(
-        "min cosine to sentence-transformers over {} goldens: {:.7} (1 - min = {:.1e}, {:?})",
+        "{backend:?}: min cosine to sentence-transformers over {} goldens: {:.7} (1 - min = {:.1e}, {:?})",
         cases.len(),
         min.0,
         1.0 - min.0,
         min.1
     );
-    assert!(min.0 >= 0.999, "min cosine {} on {:?}", min.0, min.1);
+    assert!(
+        min.0 >= 0.999,
+        "{backend:?}: min cosine {} on {:?}",
+        min.0,
+        min.1
+    );
 }
 
 #[test]
@@ -103,7 +126,13 @@ fn a_text_alone_and_in_a_padded_batch_agree() {
     let Some(dir) = minilm_path() else {
         return;
     };
-    let m = SentenceEmbedder::load(&dir)
+    for backend in [Backend::Packed, Backend::Candle] {
+        batch_invariance(&dir, backend);
+    }
+}
+
+fn batch_invariance(dir: &std::path::Path, backend: Backend) {
+    let m = SentenceEmbedder::load_with(dir, backend)
         .unwrap()
         .with_batch_size(8)
         .unwrap();
@@ -119,16 +148,16 @@ fn a_text_alone_and_in_a_padded_batch_agree() {
     ];
     let batched = m.embed(&texts).unwrap();
     assert_eq!(batched.len(), texts.len());
-    let mut min = f32::INFINITY;
+    let mut min = f64::INFINITY;
     for (t, v) in texts.iter().zip(&batched) {
         let alone = m.embed(&[t]).unwrap();
         min = min.min(cosine(&alone[0], v));
     }
     eprintln!(
-        "min cosine alone vs padded batch: {min:.8} (1 - min = {:.1e})",
+        "{backend:?}: min cosine alone vs padded batch: {min:.8} (1 - min = {:.1e})",
         1.0 - min
     );
-    assert!(min >= 0.9999, "min cosine {min}");
+    assert!(min >= 0.9999, "{backend:?}: min cosine {min}");
     // Order is kept even though batches are sorted by length.
     let reversed: Vec<&str> = texts.iter().rev().copied().collect();
     let back = m.embed(&reversed).unwrap();
@@ -197,4 +226,36 @@ fn a_missing_folder_is_a_clear_error() {
     let err = SentenceEmbedder::load(&partial).unwrap_err();
     assert!(err.to_string().contains("model.safetensors"), "{err}");
     let _ = std::fs::remove_dir_all(&partial);
+}
+
+#[test]
+fn packed_and_candle_backends_agree() {
+    let Some(dir) = minilm_path() else {
+        return;
+    };
+    let packed = SentenceEmbedder::load_with(&dir, Backend::Packed).unwrap();
+    let candle = SentenceEmbedder::load_with(&dir, Backend::Candle).unwrap();
+    assert_eq!(packed.backend(), Backend::Packed);
+    // More rows than the small-batch kernel takes, so both GEMM paths run.
+    let texts: Vec<String> = (0..24)
+        .map(|i| {
+            format!(
+                "Sentence {i} says that {} is {} words long.",
+                "spam ".repeat(i % 7),
+                i * 3
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    let (a, b) = (packed.embed(&refs).unwrap(), candle.embed(&refs).unwrap());
+    let min = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| cosine(x, y))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "packed vs candle: min cosine {min:.9} (1 - min = {:.1e})",
+        1.0 - min
+    );
+    assert!(min >= 0.99999, "min cosine {min}");
 }

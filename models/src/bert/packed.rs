@@ -24,7 +24,7 @@
 //!   faster than candle's GEMM at tens of rows; large ones through candle's.
 
 use crate::{ModelError, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -210,12 +210,17 @@ impl PackedBert {
 impl Layer {
     fn forward(&self, x: &[f32], lens: &[usize], heads: usize, act: HiddenAct) -> Result<Vec<f32>> {
         let rows = x.len() / self.attn_norm.weight.len();
-        let qkv = self.qkv.forward(x, rows, Epilogue::Bias)?;
+        let qkv = self.qkv.forward(Act::Borrowed(x), rows, Epilogue::Bias)?;
         let ctx = attention(&qkv, lens, heads, self.attn_out.k);
-        let mut a = self.attn_out.forward(&ctx, rows, Epilogue::Bias)?;
+        drop(qkv);
+        let mut a = self
+            .attn_out
+            .forward(Act::Owned(ctx), rows, Epilogue::Bias)?;
         self.attn_norm.add_apply(&mut a, x);
-        let up = self.up.forward(&a, rows, Epilogue::BiasAct(act))?;
-        let mut out = self.down.forward(&up, rows, Epilogue::Bias)?;
+        let up = self
+            .up
+            .forward(Act::Borrowed(&a), rows, Epilogue::BiasAct(act))?;
+        let mut out = self.down.forward(Act::Owned(up), rows, Epilogue::Bias)?;
         self.out_norm.add_apply(&mut out, &a);
         Ok(out)
     }
@@ -236,24 +241,55 @@ impl Dense {
         Self::new(w, b, n, k)
     }
 
-    fn forward(&self, x: &[f32], rows: usize, epi: Epilogue) -> Result<Vec<f32>> {
-        let mut y = if rows <= SMALL_ROWS {
-            let mut y = vec![0f32; rows * self.n];
-            kernels::linear(x, &self.w, rows, self.k, self.n, &mut y)?;
-            y
-        } else {
-            let xt = Tensor::from_slice(x, (rows, self.k), &Device::Cpu)?;
-            xt.matmul(&self.wt.t()?)?.flatten_all()?.to_vec1::<f32>()?
+    /// `x` is `[rows, k]`; an owned `x` moves into candle without a copy.
+    fn forward(&self, x: Act<'_>, rows: usize, epi: Epilogue) -> Result<Vec<f32>> {
+        let finish = |row: &mut [f32]| {
+            row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
+            if let Epilogue::BiasAct(act) = epi {
+                activate(row, act);
+            }
         };
+        if rows <= std::env::var("SDLAB_SMALL_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(SMALL_ROWS) {
+            let mut y = vec![0f32; rows * self.n];
+            kernels::linear(x.as_slice(), &self.w, rows, self.k, self.n, &mut y)?;
+            y.par_chunks_mut(self.n)
+                .with_min_len(ROWS_PER_TASK)
+                .for_each(finish);
+            return Ok(y);
+        }
+        let xt = match x {
+            Act::Owned(v) => Tensor::from_vec(v, (rows, self.k), &Device::Cpu)?,
+            Act::Borrowed(v) => Tensor::from_slice(v, (rows, self.k), &Device::Cpu)?,
+        };
+        let out = xt.matmul(&self.wt.t()?)?;
+        let (storage, layout) = out.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(ModelError::Input(
+                "the packed BERT encoder runs on CPU only".into(),
+            ));
+        };
+        let mut y = cpu.as_slice::<f32>()?[layout.start_offset()..][..rows * self.n].to_vec();
+        drop(storage);
         y.par_chunks_mut(self.n)
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|row| {
-                row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
-                if let Epilogue::BiasAct(act) = epi {
-                    activate(row, act);
-                }
-            });
+            .for_each(finish);
         Ok(y)
+    }
+}
+
+/// A layer input: borrowed when the caller still needs it (for a residual),
+/// owned when it can be handed over.
+enum Act<'a> {
+    Owned(Vec<f32>),
+    Borrowed(&'a [f32]),
+}
+
+impl Act<'_> {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Act::Owned(v) => v,
+            Act::Borrowed(v) => v,
+        }
     }
 }
 
@@ -287,8 +323,6 @@ impl Norm {
 /// each); returns the context `[rows, hidden]`.
 fn attention(qkv: &[f32], lens: &[usize], heads: usize, hidden: usize) -> Vec<f32> {
     let d = hidden / heads;
-    let width = 3 * hidden;
-    let scale = 1.0 / (d as f32).sqrt();
     let mut starts = Vec::with_capacity(lens.len());
     let mut total = 0;
     for &len in lens {
@@ -296,49 +330,72 @@ fn attention(qkv: &[f32], lens: &[usize], heads: usize, hidden: usize) -> Vec<f3
         total += len;
     }
     let tasks: Vec<(usize, usize)> = (0..lens.len())
-        .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
+        .flat_map(|s| (0..heads).map(move |h| (s, h)))
         .collect();
     let outs: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|&(s, hd)| {
-            let (start, len) = (starts[s], lens[s]);
-            // This head's keys and values, contiguous.
-            let gather = |off: usize| -> Vec<f32> {
-                (0..len)
-                    .flat_map(|t| &qkv[(start + t) * width + off + hd * d..][..d])
-                    .copied()
-                    .collect()
-            };
-            let (k, v) = (gather(hidden), gather(2 * hidden));
-            let mut out = vec![0f32; len * d];
-            let mut p = vec![0f32; len];
-            for (i, o) in out.chunks_exact_mut(d).enumerate() {
-                let q = &qkv[(start + i) * width + hd * d..][..d];
-                let mut max = f32::NEG_INFINITY;
-                for (pj, kj) in p.iter_mut().zip(k.chunks_exact(d)) {
-                    *pj = kernels::simd::dot(q, kj) * scale;
-                    max = max.max(*pj);
-                }
-                let mut sum = 0f32;
-                for pj in p.iter_mut() {
-                    *pj = (*pj - max).exp();
-                    sum += *pj;
-                }
-                let inv = 1.0 / sum;
-                for (pj, vj) in p.iter().zip(v.chunks_exact(d)) {
-                    kernels::simd::axpy(o, pj * inv, vj);
-                }
-            }
-            out
+        .map(|&(s, h)| {
+            let rows = &qkv[starts[s] * 3 * hidden..][..lens[s] * 3 * hidden];
+            attend_head(rows, lens[s], hidden, h * d, d)
         })
         .collect();
     let mut ctx = vec![0f32; total * hidden];
-    for (&(s, hd), out) in tasks.iter().zip(&outs) {
+    for (&(s, h), out) in tasks.iter().zip(&outs) {
         for (i, o) in out.chunks_exact(d).enumerate() {
-            ctx[(starts[s] + i) * hidden + hd * d..][..d].copy_from_slice(o);
+            ctx[(starts[s] + i) * hidden + h * d..][..d].copy_from_slice(o);
         }
     }
     ctx
+}
+
+/// One head of one sequence: `softmax(q k^T / sqrt d) v` for each of its
+/// `len` queries, as `[len, d]`. Q, K and V^T are gathered contiguous so both
+/// products run on `kernels::linear`'s register-tiled dot products.
+fn attend_head(rows: &[f32], len: usize, hidden: usize, off: usize, d: usize) -> Vec<f32> {
+    let width = 3 * hidden;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut q = Vec::with_capacity(len * d);
+    let mut k = Vec::with_capacity(len * d);
+    let mut vt = vec![0f32; d * len];
+    for (t, row) in rows.chunks_exact(width).enumerate() {
+        q.extend(row[off..][..d].iter().map(|x| x * scale));
+        k.extend_from_slice(&row[hidden + off..][..d]);
+        for (c, v) in row[2 * hidden + off..][..d].iter().enumerate() {
+            vt[c * len + t] = *v;
+        }
+    }
+    let mut p = vec![0f32; len * len];
+    let mut out = vec![0f32; len * d];
+    // The shapes are consistent by construction, so these cannot fail.
+    if kernels::linear(&q, &k, len, d, len, &mut p).is_err() {
+        return out;
+    }
+    for row in p.chunks_exact_mut(len) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        row.iter_mut().for_each(|x| *x = exp(*x - max));
+        let inv = 1.0 / row.iter().sum::<f32>();
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    let _ = kernels::linear(&p, &vt, len, len, d, &mut out);
+    out
+}
+
+/// Cephes' single-precision `exp` (relative error about 2e-7), branch-free
+/// so the softmax loop vectorizes. Inputs below -87.3 give about 1e-38.
+#[inline]
+#[allow(clippy::excessive_precision)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = n.mul_add(-0.693_359_375, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let mut p = r.mul_add(1.9875691500e-4, 1.3981999507e-3);
+    p = p.mul_add(r, 8.3334519073e-3);
+    p = p.mul_add(r, 4.1665795894e-2);
+    p = p.mul_add(r, 1.6666665459e-1);
+    p = p.mul_add(r, 5.0000001201e-1);
+    let y = (p * r).mul_add(r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 fn activate(row: &mut [f32], act: HiddenAct) {
@@ -407,6 +464,59 @@ mod tests {
             worst = worst.max((erf(x as f32) as f64 - want).abs());
         }
         assert!(worst < 5e-7, "max |erf error| {worst}");
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in -87_000..=88_000 {
+            let x = i as f32 / 1000.0;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp(x) as f64 - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "max relative exp error {worst}");
+    }
+
+    #[test]
+    fn attention_matches_a_naive_softmax_per_sequence() {
+        let (hidden, heads, lens) = (8usize, 2usize, [3usize, 5]);
+        let d = hidden / heads;
+        let rows: usize = lens.iter().sum();
+        let qkv: Vec<f32> = (0..rows * 3 * hidden)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let got = attention(&qkv, &lens, heads, hidden);
+        let at = |t: usize, c: usize| qkv[t * 3 * hidden + c] as f64;
+        let mut start = 0;
+        for len in lens {
+            for h in 0..heads {
+                for i in 0..len {
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| {
+                                    at(start + i, h * d + c) * at(start + j, hidden + h * d + c)
+                                })
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                    for c in 0..d {
+                        let want: f64 = (0..len)
+                            .map(|j| (s[j] - max).exp() / z * at(start + j, 2 * hidden + h * d + c))
+                            .sum();
+                        let g = got[(start + i) * hidden + h * d + c] as f64;
+                        assert!(
+                            (g - want).abs() < 1e-5,
+                            "seq at {start}, head {h}, query {i}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+            start += len;
+        }
     }
 
     #[test]

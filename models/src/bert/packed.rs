@@ -20,18 +20,14 @@
 //! - attention touches only real tokens, so there is no mask, and padding
 //!   costs nothing, which also makes a text's vector independent of what it
 //!   is batched with;
-//! - small batches (a few texts) go through `kernels::linear`, which is
-//!   faster than candle's GEMM at tens of rows; large ones through candle's.
+//! - the small attention products (per text and head) run on
+//!   `kernels::linear`'s register-tiled dot products.
 
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 use std::collections::HashMap;
-
-/// At or below this many token rows the linear layers use `kernels::linear`;
-/// above, candle's (packed, cache-blocked) GEMM is faster.
-const SMALL_ROWS: usize = 128;
 
 /// Rows per rayon task in the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
@@ -62,11 +58,11 @@ struct Norm {
     eps: f32,
 }
 
-/// `y = x W^T + b` with `W: [n, k]`, kept both as a slice (for
-/// `kernels::linear`) and as a candle tensor (for candle's GEMM).
+/// `y = x W^T + b` with `W: [n, k]` on candle's GEMM (the `gemm` crate's
+/// packed, cache-blocked kernels; at every batch size measured, one text
+/// included, faster here than `kernels::linear`).
 struct Dense {
-    w: Vec<f32>,
-    wt: Tensor,
+    w: Tensor,
     b: Vec<f32>,
     n: usize,
     k: usize,
@@ -228,40 +224,27 @@ impl Layer {
 
 impl Dense {
     fn new(w: Vec<f32>, b: Vec<f32>, n: usize, k: usize) -> Result<Self> {
-        let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu)?;
-        Ok(Self { w, wt, b, n, k })
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
+        Ok(Self { w, b, n, k })
     }
 
     /// Stacks the output rows of layers with the same input size.
     fn concat(parts: &[Dense]) -> Result<Self> {
         let k = parts.first().map_or(0, |p| p.k);
         let n = parts.iter().map(|p| p.n).sum();
-        let w: Vec<f32> = parts.iter().flat_map(|p| p.w.iter().copied()).collect();
+        let ws: Vec<&Tensor> = parts.iter().map(|p| &p.w).collect();
+        let w = Tensor::cat(&ws, 0)?;
         let b: Vec<f32> = parts.iter().flat_map(|p| p.b.iter().copied()).collect();
-        Self::new(w, b, n, k)
+        Ok(Self { w, b, n, k })
     }
 
     /// `x` is `[rows, k]`; an owned `x` moves into candle without a copy.
     fn forward(&self, x: Act<'_>, rows: usize, epi: Epilogue) -> Result<Vec<f32>> {
-        let finish = |row: &mut [f32]| {
-            row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
-            if let Epilogue::BiasAct(act) = epi {
-                activate(row, act);
-            }
-        };
-        if rows <= std::env::var("SDLAB_SMALL_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(SMALL_ROWS) {
-            let mut y = vec![0f32; rows * self.n];
-            kernels::linear(x.as_slice(), &self.w, rows, self.k, self.n, &mut y)?;
-            y.par_chunks_mut(self.n)
-                .with_min_len(ROWS_PER_TASK)
-                .for_each(finish);
-            return Ok(y);
-        }
         let xt = match x {
             Act::Owned(v) => Tensor::from_vec(v, (rows, self.k), &Device::Cpu)?,
             Act::Borrowed(v) => Tensor::from_slice(v, (rows, self.k), &Device::Cpu)?,
         };
-        let out = xt.matmul(&self.wt.t()?)?;
+        let out = xt.matmul(&self.w.t()?)?;
         let (storage, layout) = out.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             return Err(ModelError::Input(
@@ -272,7 +255,12 @@ impl Dense {
         drop(storage);
         y.par_chunks_mut(self.n)
             .with_min_len(ROWS_PER_TASK)
-            .for_each(finish);
+            .for_each(|row| {
+                row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
+                if let Epilogue::BiasAct(act) = epi {
+                    activate(row, act);
+                }
+            });
         Ok(y)
     }
 }
@@ -282,15 +270,6 @@ impl Dense {
 enum Act<'a> {
     Owned(Vec<f32>),
     Borrowed(&'a [f32]),
-}
-
-impl Act<'_> {
-    fn as_slice(&self) -> &[f32] {
-        match self {
-            Act::Owned(v) => v,
-            Act::Borrowed(v) => v,
-        }
-    }
 }
 
 impl Norm {

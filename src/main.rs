@@ -17,6 +17,7 @@ mod latency;
 mod lora_cmd;
 mod rag_cmd;
 mod rag_collection_cmd;
+mod rag_service;
 
 #[derive(Parser)]
 #[command(
@@ -208,6 +209,17 @@ struct ServeArgs {
     /// Largest adapter rank accepted.
     #[arg(long, default_value_t = 64)]
     max_lora_rank: usize,
+    /// Embedding model behind /v1/embeddings and /v1/rag: a
+    /// sentence-transformers folder, `hashing` (model-free) or `none`
+    /// [default: all-MiniLM-L6-v2 from the cache, if `make models` fetched it]
+    #[arg(long)]
+    embedding_model: Option<PathBuf>,
+    /// Folder of RAG collections, shared with `sdlab rag` [default: .cache/rag]
+    #[arg(long)]
+    rag_dir: Option<PathBuf>,
+    /// Chunker of collections created over HTTP (see `sdlab rag ingest --help`).
+    #[arg(long, default_value = "structured:1000")]
+    rag_chunker: String,
 }
 
 fn parse_lora_module(s: &str) -> Result<(String, PathBuf), String> {
@@ -496,7 +508,11 @@ fn serve(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         body_limit: a.max_body_mb << 20,
     };
-    let state = server::http::AppState::new(engine, config, loras).map_err(anyhow::Error::msg)?;
+    let state = match rag_service::from_args(&a.embedding_model, &a.rag_dir, &a.rag_chunker)? {
+        Some(rag) => server::http::AppState::with_retrieval(engine, config, loras, rag),
+        None => server::http::AppState::new(engine, config, loras),
+    }
+    .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

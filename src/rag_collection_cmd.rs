@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where collections live: `--root`, or `<cache>/rag`.
-fn root(given: &Option<PathBuf>) -> PathBuf {
+pub fn root(given: &Option<PathBuf>) -> PathBuf {
     given
         .clone()
         .unwrap_or_else(|| models::loader::cache_dir().join("rag"))
@@ -18,7 +18,7 @@ fn root(given: &Option<PathBuf>) -> PathBuf {
 
 /// `--model hashing` is the model-free lexical embedder (256-d feature
 /// hashing); anything else is a sentence-transformers folder.
-fn embedder(model: &Option<PathBuf>) -> Result<Arc<dyn Embedder>> {
+pub fn embedder(model: &Option<PathBuf>) -> Result<Arc<dyn Embedder>> {
     if model.as_deref() == Some(Path::new("hashing")) {
         return Ok(Arc::new(rag::hashing::HashingEmbedder::new(256)));
     }

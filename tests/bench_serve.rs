@@ -6,15 +6,14 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 mod common;
+use common::server::Server;
 use common::{sdlab, synth, tmp};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs `sdlab bench serve ARGS --json FILE` and returns the JSON report.
 fn bench(name: &str, args: &[&str]) -> Value {
@@ -53,108 +52,11 @@ fn assert_ordered(report: &Value, key: &str) {
     assert!(p50 <= p90 && p90 <= p99 && p99 <= max, "{key}: {s}");
 }
 
-/// The server process, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// `sdlab serve --port 0` on `model`; the URL is read from its log (which
-    /// `tracing` writes to stdout).
-    fn start(model: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sdlab"))
-            .args(["serve", "--model", model.to_str().unwrap()])
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("SDLAB_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting sdlab serve");
-        let stdout = child.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        thread::spawn(move || {
-            // Keep draining, so the server never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("http://127.0.0.1:") {
-                    let port: String = line[at + 17..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    let _ = tx.send(format!("http://127.0.0.1:{port}"));
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let mut server = Server {
-            child,
-            url: String::new(),
-            log,
-        };
-        server.url = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => url,
-            Err(_) => panic!("the server never said where it listens:\n{}", server.log()),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(&server.url, "/health").map(|r| r.0) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "/health never answered 200:\n{}",
-                server.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// The value of a Prometheus counter on /metrics.
-    fn counter(&self, name: &str) -> u64 {
-        let (status, body) = http_get(&self.url, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200, "{body}");
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-            .trim()
-            .parse::<f64>()
-            .unwrap() as u64
-    }
-}
-
-/// GET over plain HTTP/1.0 (no chunking): (status, body).
-fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
-    let addr = base.strip_prefix("http://")?;
-    let mut s = TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
 #[test]
 fn bench_against_sdlab_matches_the_server_counters() {
     let model = tmp("synth");
     synth(&model, 5);
-    let server = Server::start(&model);
+    let server = Server::start(&["--model", model.to_str().unwrap()]);
     let gen = "sdlab_generation_tokens_total";
     let prompt = "sdlab_prompt_tokens_total";
     let (gen0, prompt0) = (server.counter(gen), server.counter(prompt));

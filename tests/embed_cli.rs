@@ -3,25 +3,9 @@
 //! without it, fails when `SDLAB_REQUIRE_REAL_MODELS=1`.
 
 mod common;
-use common::sdlab;
+use common::{minilm_present, sdlab};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-fn minilm_present() -> bool {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    if ["config.json", "model.safetensors", "tokenizer.json"]
-        .iter()
-        .all(|f| p.join(f).is_file())
-    {
-        return true;
-    }
-    if std::env::var("SDLAB_REQUIRE_REAL_MODELS").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run `make models`", p.display());
-    }
-    eprintln!("skipping: {} is missing (run `make models`)", p.display());
-    false
-}
 
 /// Parses `--json` output into (text, vector) pairs, checking 384-d unit vectors.
 fn unit_vectors(stdout: &[u8]) -> Vec<(String, Vec<f32>)> {

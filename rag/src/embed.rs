@@ -6,6 +6,12 @@ pub trait Embedder: Send + Sync {
     fn dim(&self) -> usize;
     /// One vector per text, in order.
     fn embed(&self, texts: &[&str]) -> crate::Result<Vec<Vec<f32>>>;
+    /// [`Self::embed`], and how many tokens the model read (for usage
+    /// reports); by default, whitespace-separated words.
+    fn embed_counted(&self, texts: &[&str]) -> crate::Result<(Vec<Vec<f32>>, usize)> {
+        let tokens = texts.iter().map(|t| t.split_whitespace().count()).sum();
+        Ok((self.embed(texts)?, tokens))
+    }
 }
 
 /// all-MiniLM-L6-v2 (or another sentence-transformers BERT folder) on candle:
@@ -42,5 +48,12 @@ impl Embedder for MiniLm {
 
     fn embed(&self, texts: &[&str]) -> crate::Result<Vec<Vec<f32>>> {
         Ok(self.0.embed(texts)?)
+    }
+
+    /// Counts WordPiece tokens, `[CLS]` and `[SEP]` included, after truncation.
+    fn embed_counted(&self, texts: &[&str]) -> crate::Result<(Vec<Vec<f32>>, usize)> {
+        let ids = self.0.tokenize(texts)?;
+        let tokens = ids.iter().map(Vec::len).sum();
+        Ok((self.0.embed_ids(&ids)?, tokens))
     }
 }

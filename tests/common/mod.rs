@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -40,4 +42,21 @@ pub fn synth(dir: &Path, seed: u64) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether all-MiniLM-L6-v2 is in the cache; without it a test skips with a
+/// message, or fails when `SDLAB_REQUIRE_REAL_MODELS=1` (as `make test` sets).
+pub fn minilm_present() -> bool {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    if ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .all(|f| p.join(f).is_file())
+    {
+        return true;
+    }
+    if std::env::var("SDLAB_REQUIRE_REAL_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{} is missing: run `make models`", p.display());
+    }
+    eprintln!("skipping: {} is missing (run `make models`)", p.display());
+    false
 }

@@ -21,7 +21,7 @@ pub enum ApiError {
     },
     /// 401: missing or wrong API key.
     Unauthorized,
-    /// 404: unknown model or route.
+    /// 404: unknown model, adapter, collection or route.
     NotFound {
         message: String,
         param: Option<String>,
@@ -79,7 +79,11 @@ impl ApiError {
                 message.clone(),
                 "not_found_error",
                 param.clone(),
-                Some("model_not_found"),
+                Some(match param.as_deref() {
+                    Some("model" | "lora_name") => "model_not_found",
+                    Some("collection") => "collection_not_found",
+                    _ => "not_found",
+                }),
             ),
             Self::MethodNotAllowed => (
                 "method not allowed on this route (the /v1 generation routes take POST; /health, /v1/models and /metrics take GET)".into(),

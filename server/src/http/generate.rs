@@ -128,14 +128,50 @@ impl Job {
         self
     }
 
+    /// The model (or adapter) name responses carry.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     fn choices(&self) -> usize {
         self.prompts.len() * self.n
     }
 
     pub async fn run(self, st: Arc<AppState>, stream: bool, include_usage: bool) -> Response {
+        let (guard, receivers, started) = match self.start(&st).await {
+            Ok(running) => running,
+            Err(e) => return e.into_response(),
+        };
+        if stream {
+            self.stream(st, guard, receivers, include_usage, started)
+                .into_response()
+        } else {
+            match self.collect(&guard, receivers).await {
+                Ok((outs, usage)) => self.whole(&st, outs, usage, started),
+                Err(e) => e.into_response(),
+            }
+        }
+    }
+
+    /// Runs the job to the end and returns every choice's output (in order)
+    /// and the summed usage, for callers that build their own response.
+    pub async fn outputs(
+        &self,
+        st: &Arc<AppState>,
+    ) -> Result<(Vec<GenerateOutput>, Usage), ApiError> {
+        let (guard, receivers, _) = self.start(st).await?;
+        self.collect(&guard, receivers).await
+    }
+
+    /// Admits every choice to the engine (or refuses the whole job when the
+    /// queue is full).
+    async fn start(
+        &self,
+        st: &Arc<AppState>,
+    ) -> Result<(Arc<Inflight>, Vec<EventReceiver>, Instant), ApiError> {
         let waiting = st.engine.stats().waiting;
         if waiting + self.choices() > st.config.max_queue {
-            return ApiError::QueueFull { waiting }.into_response();
+            return Err(ApiError::QueueFull { waiting });
         }
         let started = Instant::now();
         let guard = Arc::new(Inflight {
@@ -151,38 +187,27 @@ impl Job {
                     seed: params.seed.map(|s| s.wrapping_add(j as u64)),
                     ..params.clone()
                 };
-                match st
+                let (id, rx) = st
                     .engine
                     .add_request_async(GenerateRequest {
                         prompt_tokens: prompt.clone(),
                         params,
                         adapter: self.adapter.as_ref().map(AdapterLease::adapter),
                     })
-                    .await
-                {
-                    Ok((id, rx)) => {
-                        guard.track(id, prompt.len());
-                        receivers.push(rx);
-                    }
-                    Err(e) => return ApiError::from(e).into_response(),
-                }
+                    .await?;
+                guard.track(id, prompt.len());
+                receivers.push(rx);
             }
         }
-        if stream {
-            self.stream(st, guard, receivers, include_usage, started)
-                .into_response()
-        } else {
-            self.whole(st, guard, receivers, started).await
-        }
+        Ok((guard, receivers, started))
     }
 
-    async fn whole(
-        self,
-        st: Arc<AppState>,
-        guard: Arc<Inflight>,
+    /// Waits for every choice; a model failure is an internal error.
+    async fn collect(
+        &self,
+        guard: &Arc<Inflight>,
         receivers: Vec<EventReceiver>,
-        started: Instant,
-    ) -> Response {
+    ) -> Result<(Vec<GenerateOutput>, Usage), ApiError> {
         let outs = futures_util::future::join_all(
             receivers
                 .into_iter()
@@ -190,15 +215,31 @@ impl Job {
                 .map(|(i, rx)| collect_choice(rx, guard.clone(), i)),
         )
         .await;
-        let tok = st.engine.tokenizer();
-        let mut choices = Vec::new();
         let mut usage = Usage::default();
-        for (i, out) in outs.into_iter().enumerate() {
+        for (i, out) in outs.iter().enumerate() {
             if out.finish_reason == FinishReason::Error {
-                return ApiError::Internal(out.error.unwrap_or_else(|| "generation failed".into()))
-                    .into_response();
+                return Err(ApiError::Internal(
+                    out.error
+                        .clone()
+                        .unwrap_or_else(|| "generation failed".into()),
+                ));
             }
             add_usage(&mut usage, &out.usage, i % self.n == 0);
+        }
+        Ok((outs, usage))
+    }
+
+    /// OpenAI's non-streaming response.
+    fn whole(
+        &self,
+        st: &AppState,
+        outs: Vec<GenerateOutput>,
+        usage: Usage,
+        started: Instant,
+    ) -> Response {
+        let tok = st.engine.tokenizer();
+        let mut choices = Vec::new();
+        for (i, out) in outs.into_iter().enumerate() {
             let logprobs = self.prompts[0]
                 .1
                 .logprobs
@@ -378,7 +419,7 @@ fn add_usage(total: &mut Usage, u: &Usage, count_prompt: bool) {
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
 }
 
-fn usage_json(u: &Usage) -> Value {
+pub fn usage_json(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,

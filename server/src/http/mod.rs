@@ -3,7 +3,9 @@
 //! Routes: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions`, `GET /metrics`, and vLLM's
 //! `POST /v1/load_lora_adapter` and `POST /v1/unload_lora_adapter`. A
-//! request picks a LoRA adapter by naming it in `model`. Handlers parse and validate,
+//! request picks a LoRA adapter by naming it in `model`. With a
+//! [`Retrieval`] (see [`AppState::with_retrieval`]) also `POST
+//! /v1/embeddings` and the `/v1/rag/...` routes of [`rag`]. Handlers parse and validate,
 //! turn the request into engine requests, and hand the rest to [`generate`].
 //! Every error goes through [`error::ApiError`], the one place that picks a
 //! status and writes OpenAI's error body.
@@ -12,9 +14,11 @@ pub mod error;
 mod generate;
 pub mod metrics;
 pub mod openai;
+pub mod rag;
 
 use crate::engine::Engine;
 use crate::lora::{AdapterLease, AdapterRegistry};
+use crate::retrieval::Retrieval;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -47,6 +51,8 @@ pub struct AppState {
     pub config: ServerConfig,
     pub loras: Arc<AdapterRegistry>,
     pub metrics: metrics::Metrics,
+    /// Embeddings and collections, when the server has an embedding model.
+    pub retrieval: Option<Arc<dyn Retrieval>>,
     template: Option<ChatTemplate>,
     created: u64,
 }
@@ -56,6 +62,25 @@ impl AppState {
         engine: Engine,
         config: ServerConfig,
         loras: AdapterRegistry,
+    ) -> Result<Arc<Self>, String> {
+        Self::build(engine, config, loras, None)
+    }
+
+    /// A server that also embeds and retrieves, through `retrieval`.
+    pub fn with_retrieval(
+        engine: Engine,
+        config: ServerConfig,
+        loras: AdapterRegistry,
+        retrieval: Arc<dyn Retrieval>,
+    ) -> Result<Arc<Self>, String> {
+        Self::build(engine, config, loras, Some(retrieval))
+    }
+
+    fn build(
+        engine: Engine,
+        config: ServerConfig,
+        loras: AdapterRegistry,
+        retrieval: Option<Arc<dyn Retrieval>>,
     ) -> Result<Arc<Self>, String> {
         let tok = engine.tokenizer();
         let template = match &tok.chat_template {
@@ -74,6 +99,7 @@ impl AppState {
             config,
             loras: Arc::new(loras),
             metrics: metrics::Metrics::new(),
+            retrieval,
             template,
             created,
         }))
@@ -87,6 +113,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/load_lora_adapter", post(load_lora_adapter))
         .route("/v1/unload_lora_adapter", post(unload_lora_adapter))
+        .route("/v1/embeddings", post(rag::embeddings))
+        .route("/v1/rag/collections", get(rag::list_collections))
+        .route(
+            "/v1/rag/collections/{name}/documents",
+            post(rag::add_documents),
+        )
+        .route("/v1/rag/collections/{name}/query", post(rag::query))
+        .route("/v1/rag/answer", post(rag::answer))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -162,7 +196,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound { message: "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics".into(), param: None }
+    ApiError::NotFound { message: "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/rag/..., /health, /metrics".into(), param: None }
 }
 
 async fn list_models(State(st): State<Arc<AppState>>) -> impl IntoResponse {

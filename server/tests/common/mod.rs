@@ -7,6 +7,7 @@
 use serde_json::Value;
 use server::http::{serve, AppState, ServerConfig};
 use server::lora::{AdapterRegistry, LoraOptions};
+use server::retrieval::Retrieval;
 use server::runner::{start_llama_engine, EngineOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,24 @@ impl TestServer {
     }
 
     pub fn start_with_loras(config: ServerConfig, opts: EngineOptions, loras: LoraOptions) -> Self {
+        Self::start_full(config, opts, loras, None)
+    }
+
+    /// A server with `retrieval` behind /v1/embeddings and /v1/rag.
+    pub fn start_with_retrieval(
+        config: ServerConfig,
+        opts: EngineOptions,
+        retrieval: Arc<dyn Retrieval>,
+    ) -> Self {
+        Self::start_full(config, opts, LoraOptions::default(), Some(retrieval))
+    }
+
+    fn start_full(
+        config: ServerConfig,
+        opts: EngineOptions,
+        loras: LoraOptions,
+        retrieval: Option<Arc<dyn Retrieval>>,
+    ) -> Self {
         let loaded = models::load(
             model_dir().to_str().unwrap(),
             models::LoadOptions::default(),
@@ -85,7 +104,11 @@ impl TestServer {
             AdapterRegistry::new(loaded.model.cfg.clone(), &config.served_model_name, loras)
                 .unwrap();
         let engine = start_llama_engine(loaded, &opts).unwrap();
-        let state = AppState::new(engine, config, registry).unwrap();
+        let state = match retrieval {
+            Some(r) => AppState::with_retrieval(engine, config, registry, r),
+            None => AppState::new(engine, config, registry),
+        }
+        .unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

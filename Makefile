@@ -8,7 +8,7 @@ RELEASE    := target/release/sdlab
 MODEL      ?= smollm2-135m-instruct
 PROMPT     ?= What is the capital of France?
 
-.PHONY: all build run chat test models bench clean lint fmt check lora-demo
+.PHONY: all build run chat test models bench bench-rag clean lint fmt check lora-demo
 
 all: build
 
@@ -51,6 +51,17 @@ check: lint test
 bench: models build
 	$(RELEASE) bench model --model $(MODEL)
 	$(RELEASE) bench batching --model $(MODEL) --json target/bench-batching.json --plot target/bench-batching.svg
+
+## Retrieval: embedding throughput (batch 32 and 1, both encoders), FAQ
+## retrieval per chunker against BM25 and hybrid, and the GloVe-50 ANN sweep
+## (about 25 minutes on 2 cores, most of it the HNSW build).
+SENTENCES  := target/python-doc-sentences.txt
+bench-rag: models build
+	./scripts/doc-sentences.sh $(SDLAB_CACHE_DIR)/data/python3.11-doc 2000 > $(SENTENCES)
+	for bs in 32 1; do for be in packed candle; do \
+	  $(RELEASE) embed --stdin --batch-size $$bs --backend $$be --stats < $(SENTENCES) > /dev/null; done; done
+	$(RELEASE) rag eval --dataset python-faq --json target/rag-eval.json
+	$(RELEASE) rag eval-ann --dataset glove50 --ef 10,20,40,80,120,160,320 --json target/eval-ann.json
 
 ## Train the pirate-style LoRA adapter on data/lora/pirate.jsonl (about 10
 ## minutes on 2 cores), then answer one question with and without it.

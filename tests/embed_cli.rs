@@ -104,3 +104,34 @@ fn embed_without_texts_or_model_is_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("make models"), "{err}");
 }
+
+#[test]
+fn both_backends_give_the_same_vectors_and_stats() {
+    if !minilm_present() {
+        return;
+    }
+    let texts = ["How do I read a file?", "short", "Tides follow the moon."];
+    let run = |backend: &str| {
+        let mut args = vec!["embed", "--json", "--stats", "--backend", backend];
+        args.extend(texts);
+        let out = sdlab(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            err.contains("embedded 3 texts") && err.contains("texts/s"),
+            "{err}"
+        );
+        unit_vectors(&out.stdout)
+    };
+    let (packed, candle) = (run("packed"), run("candle"));
+    for ((t, a), (_, b)) in packed.iter().zip(&candle) {
+        let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.9999, "{t}: cosine {cos}");
+    }
+    let out = sdlab(&["embed", "x", "--backend", "torch"]);
+    assert!(!out.status.success());
+}

@@ -286,15 +286,23 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
-/// Mean over queries of |found ∩ truth| / |truth|.
+/// Mean over queries of |found ∩ truth| / |truth|. With truth lists of one
+/// length (top-10 here) the hits are summed as integers and divided once,
+/// so 942 hits in 100 queries print as 0.942, not 0.9419999999999966.
 pub fn recall(found: &[Vec<Hit>], truth: &[Vec<u64>]) -> f64 {
-    let total: f64 = found
+    let hits: Vec<usize> = found
         .iter()
         .zip(truth)
-        .map(|(f, t)| {
-            let hit = f.iter().filter(|h| t.contains(&h.id)).count();
-            hit as f64 / t.len().max(1) as f64
-        })
+        .map(|(f, t)| f.iter().filter(|h| t.contains(&h.id)).count())
+        .collect();
+    let len = truth.first().map_or(0, Vec::len);
+    if truth.iter().all(|t| t.len() == len) {
+        return hits.iter().sum::<usize>() as f64 / (len * truth.len()).max(1) as f64;
+    }
+    let total: f64 = hits
+        .iter()
+        .zip(truth)
+        .map(|(&h, t)| h as f64 / t.len().max(1) as f64)
         .sum();
     total / truth.len().max(1) as f64
 }

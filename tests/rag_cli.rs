@@ -192,3 +192,77 @@ fn kill_9_during_ingest_leaves_the_committed_batches() {
     assert!(c.count_chunks() > 0);
     assert!(!c.query("bread flour", 3).unwrap().is_empty());
 }
+
+/// The FAQ evaluation end to end with the model-free embedder: the report's
+/// shape, and BM25 on the reference windows within reach of `rank_bm25`'s
+/// hit@5 of 0.686 (`../shared/BASELINES.md`), which does not depend on the
+/// embedder. Needs the Python docs (`make models`).
+#[test]
+fn faq_eval_reports_every_chunker_and_bm25_near_the_reference() {
+    let docs =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/data/python3.11-doc/faq");
+    if !docs.is_dir() {
+        assert!(
+            std::env::var("SDLAB_REQUIRE_REAL_MODELS").map_or(true, |v| v != "1"),
+            "{} is missing: run `make models`",
+            docs.display()
+        );
+        eprintln!(
+            "skipping: {} is missing (run `make models`)",
+            docs.display()
+        );
+        return;
+    }
+    let json = tmp("faq-eval.json");
+    let out = sdlab(&[
+        "rag",
+        "eval",
+        "--dataset",
+        "python-faq",
+        "--model",
+        "hashing",
+        "--chunkers",
+        "recursive:1000,fixed:800:100",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("175 questions") && stdout.contains("recursive-1000"),
+        "{stdout}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["questions"], 175);
+    let chunkers = r["chunkers"].as_array().unwrap();
+    assert_eq!(
+        chunkers.len(),
+        3,
+        "the reference windows and the two asked for"
+    );
+    for c in chunkers.iter().cloned().chain([r.clone()]) {
+        for s in [&c, &c["bm25"], &c["hybrid"]] {
+            let Some(h5) = s["hit_at_5"].as_f64() else {
+                continue;
+            };
+            let (h1, mrr) = (
+                s["hit_at_1"].as_f64().unwrap(),
+                s["mrr_at_10"].as_f64().unwrap(),
+            );
+            assert!(
+                (0.0..=1.0).contains(&h5) && h1 <= h5 && h1 <= mrr && mrr <= 1.0,
+                "{s}"
+            );
+        }
+    }
+    let bm25 = r["bm25"]["hit_at_5"].as_f64().unwrap();
+    assert!(
+        (bm25 - 0.686).abs() < 0.03,
+        "BM25 hit@5 {bm25} against rank_bm25's 0.686"
+    );
+    let _ = std::fs::remove_file(json);
+}

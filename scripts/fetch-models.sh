@@ -114,3 +114,26 @@ else
   rm -rf "$tmp"
   echo "ok      $DOC ($n files)"
 fi
+
+# Recommender data: MovieLens ml-latest-small (GroupLens terms: never commit
+# it), inside the dslabs R package from Debian, as an R lazy-load database.
+DSL="$CACHE/data/dslabs"
+if [ -f "$DSL/Rdata.rdb" ] && [ -f "$DSL/Rdata.rdx" ]; then
+  echo "ok      $DSL"
+else
+  echo "fetch   r-cran-dslabs -> $DSL"
+  tmp="$(mktemp -d "$CACHE/dl/tmp.XXXXXX")"
+  (cd "$tmp" && apt-get download r-cran-dslabs >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get download r-cran-dslabs >/dev/null; })
+  dpkg-deb -x "$tmp"/r-cran-dslabs_*.deb "$tmp/x"
+  rm -rf "$DSL"
+  mkdir -p "$DSL"
+  cp -r "$tmp/x/usr/lib/R/site-library/dslabs/data/." "$DSL/"
+  if [ ! -f "$DSL/Rdata.rdx" ] || [ "$(stat -c %s "$DSL/Rdata.rdb" 2>/dev/null || echo 0)" -lt 1000000 ] \
+    || ! gzip -dc "$DSL/Rdata.rdx" | grep -c movielens >/dev/null; then
+    echo "r-cran-dslabs: no movielens in $DSL/Rdata.rdx (or Rdata.rdb is too small)" >&2
+    rm -rf "$DSL"
+    exit 1
+  fi
+  rm -rf "$tmp"
+  echo "ok      $DSL"
+fi

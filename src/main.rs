@@ -15,9 +15,11 @@ mod bench_serve;
 mod chat;
 mod latency;
 mod lora_cmd;
+mod loss_plot;
 mod rag_cmd;
 mod rag_collection_cmd;
 mod rag_service;
+mod recsys_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +57,9 @@ enum Command {
     /// Retrieval: collections, queries and evaluations.
     #[command(subcommand)]
     Rag(rag_cmd::RagCommand),
+    /// Recommender: the two-tower model on MovieLens (train, eval, recommend).
+    #[command(subcommand)]
+    Recsys(recsys_cmd::RecsysCommand),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +225,10 @@ struct ServeArgs {
     /// Chunker of collections created over HTTP (see `sdlab rag ingest --help`).
     #[arg(long, default_value = "structured:1000")]
     rag_chunker: String,
+    /// Two-tower checkpoint behind /v1/recommend, or `none`
+    /// [default: .cache/recsys/two-tower, if `sdlab recsys train` wrote it]
+    #[arg(long)]
+    recsys_model: Option<PathBuf>,
 }
 
 fn parse_lora_module(s: &str) -> Result<(String, PathBuf), String> {
@@ -311,6 +320,7 @@ fn main() {
         Command::Lora(c) => lora_cmd::run(c),
         Command::Embed(a) => rag_cmd::embed(a),
         Command::Rag(c) => rag_cmd::run(c),
+        Command::Recsys(c) => recsys_cmd::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -508,11 +518,12 @@ fn serve(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         body_limit: a.max_body_mb << 20,
     };
-    let state = match rag_service::from_args(&a.embedding_model, &a.rag_dir, &a.rag_chunker)? {
-        Some(rag) => server::http::AppState::with_retrieval(engine, config, loras, rag),
-        None => server::http::AppState::new(engine, config, loras),
-    }
-    .map_err(anyhow::Error::msg)?;
+    let extensions = server::http::Extensions {
+        retrieval: rag_service::from_args(&a.embedding_model, &a.rag_dir, &a.rag_chunker)?,
+        recommender: recsys_cmd::service_from_args(&a.recsys_model)?,
+    };
+    let state = server::http::AppState::with_extensions(engine, config, loras, extensions)
+        .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,12 +1,13 @@
-//! The narrow trait between the HTTP API and retrieval (embeddings and
-//! document collections).
+//! The narrow traits between the HTTP API and retrieval: embeddings and
+//! document collections ([`Retrieval`]), and recommendations
+//! ([`Recommender`]).
 //!
 //! What: [`Retrieval`] is everything `/v1/embeddings` and the `/v1/rag/...`
 //! routes need: embed texts, add documents to a named collection, find the
 //! passages nearest a query. Why a trait: the server must not depend on the
 //! `rag` crate (dependencies point one way, and the engine is useful without
 //! retrieval), so the binary that ties the crates together implements it
-//! over `rag` and hands it to [`crate::http::AppState::with_retrieval`]; the
+//! over `rag` and hands it to [`crate::http::AppState::with_extensions`]; the
 //! tests implement it with a few lines over plain vectors.
 //!
 //! Calls are blocking (they run models and touch disk); the handlers run
@@ -107,4 +108,35 @@ pub trait Retrieval: Send + Sync + 'static {
     ) -> Result<Vec<Passage>, RetrievalError>;
     /// Every collection, by name.
     fn collections(&self) -> Result<Vec<CollectionInfo>, RetrievalError>;
+}
+
+/// A recommended item, best first in a list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecommendedItem {
+    pub movie_id: u32,
+    pub title: String,
+    pub year: Option<u16>,
+    pub genres: Vec<String>,
+    /// The model's score (a cosine for the two-tower model).
+    pub score: f32,
+}
+
+/// Whom to recommend for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecommendFor {
+    /// A user the model was trained with.
+    User(u32),
+    /// Anyone, from the movies they watched (oldest first).
+    History(Vec<u32>),
+}
+
+/// A recommender, as `POST /v1/recommend` sees it (the binary implements
+/// it over the `recsys` crate). `NotFound` is an unknown user or movie.
+pub trait Recommender: Send + Sync + 'static {
+    fn model_name(&self) -> &str;
+    fn recommend(
+        &self,
+        who: &RecommendFor,
+        k: usize,
+    ) -> Result<Vec<RecommendedItem>, RetrievalError>;
 }

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
 use server::http::rag::{sources_prompt, ANSWER_INSTRUCTIONS};
+use server::http::Extensions;
 use server::retrieval::{
     AddOutcome, CollectionInfo, Embeddings, NewDocument, Passage, Retrieval, RetrievalError,
 };
@@ -129,13 +130,16 @@ impl Retrieval for MemoryRetrieval {
 }
 
 fn rag_server(max_model_len: usize) -> TestServer {
-    TestServer::start_with_retrieval(
+    TestServer::start_with_extensions(
         server_config(),
         EngineOptions {
             max_model_len,
             ..engine_options()
         },
-        Arc::new(MemoryRetrieval::default()),
+        Extensions {
+            retrieval: Some(Arc::new(MemoryRetrieval::default())),
+            recommender: None,
+        },
     )
 }
 

@@ -4,8 +4,9 @@
 //! `POST /v1/chat/completions`, `GET /metrics`, and vLLM's
 //! `POST /v1/load_lora_adapter` and `POST /v1/unload_lora_adapter`. A
 //! request picks a LoRA adapter by naming it in `model`. With a
-//! [`Retrieval`] (see [`AppState::with_retrieval`]) also `POST
-//! /v1/embeddings` and the `/v1/rag/...` routes of [`rag`]. Handlers parse and validate,
+//! [`Retrieval`] (see [`AppState::with_extensions`]) also `POST
+//! /v1/embeddings` and the `/v1/rag/...` routes of [`rag`]; with a
+//! [`Recommender`], `POST /v1/recommend`. Handlers parse and validate,
 //! turn the request into engine requests, and hand the rest to [`generate`].
 //! Every error goes through [`error::ApiError`], the one place that picks a
 //! status and writes OpenAI's error body.
@@ -15,10 +16,11 @@ mod generate;
 pub mod metrics;
 pub mod openai;
 pub mod rag;
+mod recommend;
 
 use crate::engine::Engine;
 use crate::lora::{AdapterLease, AdapterRegistry};
-use crate::retrieval::Retrieval;
+use crate::retrieval::{Recommender, Retrieval};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -46,6 +48,16 @@ pub struct ServerConfig {
     pub body_limit: usize,
 }
 
+/// What the server does besides generating, each behind a trait the binary
+/// implements (the server depends on neither `rag` nor `recsys`).
+#[derive(Default, Clone)]
+pub struct Extensions {
+    /// `/v1/embeddings` and `/v1/rag/...`.
+    pub retrieval: Option<Arc<dyn Retrieval>>,
+    /// `/v1/recommend`.
+    pub recommender: Option<Arc<dyn Recommender>>,
+}
+
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub config: ServerConfig,
@@ -53,6 +65,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Embeddings and collections, when the server has an embedding model.
     pub retrieval: Option<Arc<dyn Retrieval>>,
+    /// Recommendations, when the server has a recommender.
+    pub recommender: Option<Arc<dyn Recommender>>,
     template: Option<ChatTemplate>,
     created: u64,
 }
@@ -63,24 +77,15 @@ impl AppState {
         config: ServerConfig,
         loras: AdapterRegistry,
     ) -> Result<Arc<Self>, String> {
-        Self::build(engine, config, loras, None)
+        Self::with_extensions(engine, config, loras, Extensions::default())
     }
 
-    /// A server that also embeds and retrieves, through `retrieval`.
-    pub fn with_retrieval(
+    /// A server that also embeds, retrieves or recommends.
+    pub fn with_extensions(
         engine: Engine,
         config: ServerConfig,
         loras: AdapterRegistry,
-        retrieval: Arc<dyn Retrieval>,
-    ) -> Result<Arc<Self>, String> {
-        Self::build(engine, config, loras, Some(retrieval))
-    }
-
-    fn build(
-        engine: Engine,
-        config: ServerConfig,
-        loras: AdapterRegistry,
-        retrieval: Option<Arc<dyn Retrieval>>,
+        extensions: Extensions,
     ) -> Result<Arc<Self>, String> {
         let tok = engine.tokenizer();
         let template = match &tok.chat_template {
@@ -99,7 +104,8 @@ impl AppState {
             config,
             loras: Arc::new(loras),
             metrics: metrics::Metrics::new(),
-            retrieval,
+            retrieval: extensions.retrieval,
+            recommender: extensions.recommender,
             template,
             created,
         }))
@@ -121,6 +127,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/rag/collections/{name}/query", post(rag::query))
         .route("/v1/rag/answer", post(rag::answer))
+        .route("/v1/recommend", post(recommend::recommend))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -196,7 +203,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound { message: "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/rag/..., /health, /metrics".into(), param: None }
+    ApiError::NotFound { message: "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/rag/..., /v1/recommend, /health, /metrics".into(), param: None }
 }
 
 async fn list_models(State(st): State<Arc<AppState>>) -> impl IntoResponse {

@@ -5,9 +5,8 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use server::http::{serve, AppState, ServerConfig};
+use server::http::{serve, AppState, Extensions, ServerConfig};
 use server::lora::{AdapterRegistry, LoraOptions};
-use server::retrieval::Retrieval;
 use server::runner::{start_llama_engine, EngineOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,23 +76,23 @@ impl TestServer {
     }
 
     pub fn start_with_loras(config: ServerConfig, opts: EngineOptions, loras: LoraOptions) -> Self {
-        Self::start_full(config, opts, loras, None)
+        Self::start_full(config, opts, loras, Extensions::default())
     }
 
-    /// A server with `retrieval` behind /v1/embeddings and /v1/rag.
-    pub fn start_with_retrieval(
+    /// A server with retrieval or a recommender (see [`Extensions`]).
+    pub fn start_with_extensions(
         config: ServerConfig,
         opts: EngineOptions,
-        retrieval: Arc<dyn Retrieval>,
+        extensions: Extensions,
     ) -> Self {
-        Self::start_full(config, opts, LoraOptions::default(), Some(retrieval))
+        Self::start_full(config, opts, LoraOptions::default(), extensions)
     }
 
     fn start_full(
         config: ServerConfig,
         opts: EngineOptions,
         loras: LoraOptions,
-        retrieval: Option<Arc<dyn Retrieval>>,
+        extensions: Extensions,
     ) -> Self {
         let loaded = models::load(
             model_dir().to_str().unwrap(),
@@ -104,11 +103,7 @@ impl TestServer {
             AdapterRegistry::new(loaded.model.cfg.clone(), &config.served_model_name, loras)
                 .unwrap();
         let engine = start_llama_engine(loaded, &opts).unwrap();
-        let state = match retrieval {
-            Some(r) => AppState::with_retrieval(engine, config, registry, r),
-            None => AppState::new(engine, config, registry),
-        }
-        .unwrap();
+        let state = AppState::with_extensions(engine, config, registry, extensions).unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

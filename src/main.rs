@@ -14,6 +14,7 @@ mod bench_model;
 mod bench_serve;
 mod chat;
 mod latency;
+mod lesson_cmd;
 mod lora_cmd;
 mod loss_plot;
 mod rag_cmd;
@@ -60,6 +61,8 @@ enum Command {
     /// Recommender: the two-tower model on MovieLens (train, eval, recommend).
     #[command(subcommand)]
     Recsys(recsys_cmd::RecsysCommand),
+    /// System-design lessons: `list`, or run one (naive against optimal, measured).
+    Lesson(lesson_cmd::LessonArgs),
 }
 
 #[derive(Subcommand)]
@@ -321,6 +324,7 @@ fn main() {
         Command::Embed(a) => rag_cmd::embed(a),
         Command::Rag(c) => rag_cmd::run(c),
         Command::Recsys(c) => recsys_cmd::run(c),
+        Command::Lesson(a) => lesson_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,88 @@
+//! System-design patterns and data structures, each with an experiment that
+//! runs a naive and an optimal version side by side on the same input and
+//! measures the difference (`sdlab lesson NAME`).
+//!
+//! Every module holds a hand-written teaching implementation (the algorithm
+//! is the lesson), tests that check it against a well-kept crate doing the
+//! same job where one exists, and a `lesson(seed)` function returning a
+//! [`LessonReport`]. [`lessons`] lists them all.
+
+pub mod append_only_log;
+pub mod autocomplete;
+pub mod bloom_filter;
+pub mod consistent_hashing;
+pub mod count_min_sketch;
+pub mod dedup;
+pub mod geo_quadtree;
+pub mod hyperloglog;
+pub mod id_generation;
+pub mod inverted_index;
+pub mod leaderboard;
+pub mod lru_cache;
+pub mod report;
+pub mod scaling;
+pub mod serialization;
+pub mod url_shortener;
+
+pub use report::{LessonReport, Metrics};
+
+/// One lesson: its command-line name, a title, and the experiment.
+pub struct Lesson {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub run: fn(u64) -> LessonReport,
+}
+
+macro_rules! lesson {
+    ($m:ident) => {
+        Lesson {
+            name: $m::NAME,
+            title: $m::TITLE,
+            run: $m::lesson,
+        }
+    };
+}
+
+/// Every lesson, in the order `sdlab lesson list` shows them.
+pub fn lessons() -> Vec<Lesson> {
+    vec![
+        lesson!(consistent_hashing),
+        lesson!(bloom_filter),
+        lesson!(hyperloglog),
+        lesson!(count_min_sketch),
+        lesson!(geo_quadtree),
+        lesson!(leaderboard),
+        lesson!(lru_cache),
+        lesson!(id_generation),
+        lesson!(url_shortener),
+        lesson!(dedup),
+        lesson!(append_only_log),
+        lesson!(inverted_index),
+        lesson!(serialization),
+        lesson!(autocomplete),
+        lesson!(scaling),
+    ]
+}
+
+/// The lesson called `name`.
+pub fn find(name: &str) -> Option<Lesson> {
+    lessons().into_iter().find(|l| l.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_unique_and_findable() {
+        let all = super::lessons();
+        assert_eq!(all.len(), 15);
+        for l in &all {
+            assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
+            assert!(!l.title.is_empty());
+        }
+        let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 15);
+        assert!(super::find("nope").is_none());
+    }
+}

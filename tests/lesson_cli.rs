@@ -1,0 +1,174 @@
+//! `sdlab lesson` end to end: the list names every lesson, and each lesson
+//! runs at full size, prints the JSON shape, and shows the effect its
+//! lesson is about (the thresholds of the hld issue).
+
+mod common;
+use common::sdlab;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const LESSONS: [&str; 15] = [
+    "consistent-hashing",
+    "bloom-filter",
+    "hyperloglog",
+    "count-min-sketch",
+    "geo-quadtree",
+    "leaderboard",
+    "lru-cache",
+    "id-generation",
+    "url-shortener",
+    "dedup",
+    "append-only-log",
+    "inverted-index",
+    "serialization",
+    "autocomplete",
+    "scaling",
+];
+
+fn json(args: &[&str]) -> Value {
+    let out = sdlab(args);
+    assert!(
+        out.status.success(),
+        "sdlab {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn metric(r: &Value, side: &str, name: &str) -> f64 {
+    r[side][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{} lacks {side}.{name}: {r}", r["lesson"]))
+}
+
+#[test]
+fn the_list_names_every_lesson() {
+    let list = json(&["lesson", "list", "--json"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    for l in LESSONS {
+        assert!(names.contains(&l), "{l} missing from {names:?}");
+    }
+    let out = sdlab(&["lesson", "no-such-lesson"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bloom-filter"),
+        "the error lists the lessons: {err}"
+    );
+}
+
+#[test]
+fn every_lesson_runs_and_shows_its_effect() {
+    for name in LESSONS {
+        let t = Instant::now();
+        let r = json(&["lesson", name, "--json", "--seed", "7"]);
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(60), "{name} took {took:?}");
+        assert_eq!(r["lesson"], name);
+        assert!(r["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(
+            r["notes"].as_str().is_some_and(|n| n.len() > 40),
+            "{name}: notes"
+        );
+        for side in ["naive", "optimal"] {
+            let m = r[side].as_object().unwrap();
+            assert!(!m.is_empty(), "{name}: {side} is empty");
+            assert!(
+                m.values().all(|v| v.as_f64().is_some_and(f64::is_finite)),
+                "{name}: {r}"
+            );
+        }
+        match name {
+            "consistent-hashing" => {
+                assert!(metric(&r, "naive", "moved_fraction") > 0.8, "{r}");
+                assert!(metric(&r, "optimal", "moved_fraction") < 0.15, "{r}");
+            }
+            "hyperloglog" => {
+                let (e, se) = (
+                    metric(&r, "optimal", "relative_error"),
+                    metric(&r, "optimal", "standard_error"),
+                );
+                assert!(e < 3.0 * se, "{r}");
+                assert!(
+                    metric(&r, "optimal", "bytes") < metric(&r, "naive", "bytes") / 10.0,
+                    "{r}"
+                );
+            }
+            "dedup" => {
+                let naive = metric(&r, "naive", "bytes_reuploaded_fraction");
+                assert!(
+                    metric(&r, "optimal", "bytes_reuploaded_fraction") < naive / 10.0,
+                    "{r}"
+                );
+            }
+            "bloom-filter" => {
+                let fpr = metric(&r, "optimal", "false_positive_rate");
+                assert!(
+                    fpr < 2.0 * metric(&r, "optimal", "theoretical_fpr") + 0.002,
+                    "{r}"
+                );
+                assert!(
+                    metric(&r, "optimal", "bytes") < metric(&r, "naive", "bytes"),
+                    "{r}"
+                );
+            }
+            "count-min-sketch" => {
+                assert!(
+                    metric(&r, "optimal", "max_overestimate")
+                        <= metric(&r, "optimal", "error_bound"),
+                    "{r}"
+                );
+            }
+            "geo-quadtree" | "inverted-index" | "autocomplete" => {
+                assert_eq!(metric(&r, "optimal", "results_match"), 1.0, "{r}");
+                assert!(
+                    metric(&r, "optimal", "query_us") < metric(&r, "naive", "query_us"),
+                    "{r}"
+                );
+            }
+            "id-generation" => {
+                assert!(metric(&r, "naive", "collisions") > 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "collisions"), 0.0, "{r}");
+            }
+            "url-shortener" => {
+                assert!(metric(&r, "naive", "collisions") > 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "collisions"), 0.0, "{r}");
+            }
+            "append-only-log" => {
+                assert!(
+                    metric(&r, "naive", "messages_lost_after_crash") > 0.0,
+                    "{r}"
+                );
+                assert_eq!(
+                    metric(&r, "optimal", "messages_lost_after_crash"),
+                    0.0,
+                    "{r}"
+                );
+            }
+            "leaderboard" => {
+                assert!(
+                    metric(&r, "optimal", "rank_query_us") < metric(&r, "naive", "rank_query_us"),
+                    "{r}"
+                );
+            }
+            "lru-cache" => {
+                assert!(
+                    metric(&r, "optimal", "bytes") < metric(&r, "naive", "bytes"),
+                    "{r}"
+                );
+            }
+            "serialization" => {
+                assert!(
+                    metric(&r, "optimal", "bytes") < metric(&r, "naive", "bytes"),
+                    "{r}"
+                );
+            }
+            _ => {}
+        }
+    }
+}

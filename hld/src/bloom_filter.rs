@@ -40,26 +40,8 @@ pub enum BloomError {
     Empty,
 }
 
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The splitmix64 finalizer: a bijective mix with full avalanche.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A seeded 64-bit hash of bytes (splitmix64 over 8-byte words, length mixed
-/// in first). Deterministic on every platform.
-pub fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = mix64(seed ^ GOLDEN ^ (bytes.len() as u64).wrapping_mul(GOLDEN));
-    for chunk in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        h = mix64(h ^ u64::from_le_bytes(word)).wrapping_add(GOLDEN);
-    }
-    mix64(h)
-}
+pub use crate::hash::hash_bytes;
+use crate::hash::{mix64, GOLDEN};
 
 /// A Bloom filter over byte strings.
 #[derive(Debug, Clone, PartialEq, Eq)]

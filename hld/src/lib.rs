@@ -14,6 +14,7 @@ pub mod consistent_hashing;
 pub mod count_min_sketch;
 pub mod dedup;
 pub mod geo_quadtree;
+pub mod hash;
 pub mod hyperloglog;
 pub mod id_generation;
 pub mod inverted_index;
@@ -23,6 +24,7 @@ pub mod report;
 pub mod scaling;
 pub mod serialization;
 pub mod url_shortener;
+pub mod workload;
 
 pub use report::{LessonReport, Metrics};
 

@@ -29,7 +29,7 @@
 
 use crate::report::LessonReport;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
@@ -53,26 +53,8 @@ pub enum SketchError {
     NoK,
 }
 
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The splitmix64 finalizer: a bijective mix with full avalanche.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A seeded 64-bit hash of bytes (splitmix64 over 8-byte words, length mixed
-/// in first). Deterministic on every platform.
-pub fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = mix64(seed ^ GOLDEN ^ (bytes.len() as u64).wrapping_mul(GOLDEN));
-    for chunk in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        h = mix64(h ^ u64::from_le_bytes(word)).wrapping_add(GOLDEN);
-    }
-    mix64(h)
-}
+pub use crate::hash::hash_bytes;
+use crate::hash::mix64;
 
 /// A Count-Min sketch over byte strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,35 +287,7 @@ impl ExactCounts {
     }
 }
 
-/// A Zipf(`s`) sampler over ranks `0..n` (rank 0 most frequent), by binary
-/// search in the cumulative distribution.
-#[derive(Debug, Clone)]
-pub struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    /// `None` if `n` is 0 or `s` is not finite and non-negative.
-    pub fn new(n: usize, s: f64) -> Option<Self> {
-        if n == 0 || !(s.is_finite() && s >= 0.0) {
-            return None;
-        }
-        let mut acc = 0.0;
-        let mut cdf: Vec<f64> = (1..=n)
-            .map(|r| {
-                acc += (r as f64).powf(-s);
-                acc
-            })
-            .collect();
-        cdf.iter_mut().for_each(|c| *c /= acc);
-        Some(Self { cdf })
-    }
-
-    pub fn sample(&self, rng: &mut impl Rng) -> usize {
-        let u: f64 = rng.random();
-        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
-    }
-}
+pub use crate::workload::Zipf;
 
 /// The experiment: `events` hashtags drawn from a Zipf(`s`) distribution over
 /// `universe` tags, counted exactly and by a sketch of the given error

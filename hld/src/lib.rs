@@ -9,20 +9,37 @@
 
 pub mod append_only_log;
 pub mod autocomplete;
+pub mod blocking_in_async;
 pub mod bloom_filter;
+pub mod chaos;
+pub mod circuit_breaker;
 pub mod consistent_hashing;
 pub mod count_min_sketch;
 pub mod dedup;
+pub mod dining_philosophers;
+pub mod distributed_lock;
 pub mod geo_quadtree;
 pub mod hash;
 pub mod hyperloglog;
 pub mod id_generation;
 pub mod inverted_index;
+pub mod isolation;
+pub mod leader_lease;
 pub mod leaderboard;
+pub mod load_balancing;
+pub mod load_shedding;
 pub mod lru_cache;
+pub mod payments;
+pub mod race_condition;
+pub mod rate_limiting;
 pub mod report;
+pub mod retry_jitter;
+pub mod saga;
 pub mod scaling;
+pub mod semaphore_backpressure;
 pub mod serialization;
+pub mod threads_vs_tasks;
+pub mod ticketmaster;
 pub mod url_shortener;
 pub mod workload;
 
@@ -63,6 +80,23 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(serialization),
         lesson!(autocomplete),
         lesson!(scaling),
+        lesson!(race_condition),
+        lesson!(dining_philosophers),
+        lesson!(semaphore_backpressure),
+        lesson!(blocking_in_async),
+        lesson!(threads_vs_tasks),
+        lesson!(circuit_breaker),
+        lesson!(retry_jitter),
+        lesson!(rate_limiting),
+        lesson!(load_shedding),
+        lesson!(load_balancing),
+        lesson!(chaos),
+        lesson!(ticketmaster),
+        lesson!(payments),
+        lesson!(isolation),
+        lesson!(distributed_lock),
+        lesson!(leader_lease),
+        lesson!(saga),
     ]
 }
 
@@ -76,7 +110,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 15);
+        assert_eq!(all.len(), 32);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -84,7 +118,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 32);
         assert!(super::find("nope").is_none());
     }
 }

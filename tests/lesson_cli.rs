@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 15] = [
+const LESSONS: [&str; 32] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -23,6 +23,23 @@ const LESSONS: [&str; 15] = [
     "serialization",
     "autocomplete",
     "scaling",
+    "race-condition",
+    "dining-philosophers",
+    "semaphore-backpressure",
+    "blocking-in-async",
+    "threads-vs-tasks",
+    "circuit-breaker",
+    "retry-jitter",
+    "rate-limiting",
+    "load-shedding",
+    "load-balancing",
+    "chaos",
+    "ticketmaster",
+    "payments",
+    "isolation",
+    "distributed-lock",
+    "leader-lease",
+    "saga",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -165,6 +182,69 @@ fn every_lesson_runs_and_shows_its_effect() {
             "serialization" => {
                 assert!(
                     metric(&r, "optimal", "bytes") < metric(&r, "naive", "bytes"),
+                    "{r}"
+                );
+            }
+            // Naive above 0 in every run, optimal exactly 0.
+            "race-condition"
+            | "dining-philosophers"
+            | "ticketmaster"
+            | "payments"
+            | "isolation"
+            | "distributed-lock"
+            | "leader-lease"
+            | "saga" => {
+                let m = match name {
+                    "race-condition" => "lost_updates",
+                    "dining-philosophers" => "deadlocks",
+                    "ticketmaster" => "oversold",
+                    "payments" => "double_charges",
+                    "isolation" => "invariant_violations",
+                    "distributed-lock" => "stale_writes",
+                    "leader-lease" => "duplicate_runs",
+                    _ => "inconsistent_orders",
+                };
+                assert!(metric(&r, "naive", m) > 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", m), 0.0, "{r}");
+            }
+            "retry-jitter" => {
+                assert!(
+                    metric(&r, "optimal", "total_calls") < metric(&r, "naive", "total_calls"),
+                    "{r}"
+                );
+            }
+            "circuit-breaker" => {
+                let m = "calls_to_failing_dependency";
+                assert!(metric(&r, "optimal", m) < metric(&r, "naive", m), "{r}");
+            }
+            "rate-limiting" => {
+                let m = "max_burst_allowed";
+                assert!(
+                    metric(&r, "optimal", m) <= metric(&r, "optimal", "limit"),
+                    "{r}"
+                );
+                assert!(metric(&r, "naive", m) > metric(&r, "naive", "limit"), "{r}");
+            }
+            "load-shedding" | "load-balancing" => {
+                assert!(
+                    metric(&r, "optimal", "p99_ms") < metric(&r, "naive", "p99_ms"),
+                    "{r}"
+                );
+            }
+            "chaos" => {
+                assert!(
+                    metric(&r, "optimal", "success_rate") > metric(&r, "naive", "success_rate"),
+                    "{r}"
+                );
+            }
+            "semaphore-backpressure" => {
+                let m = "max_queue_len";
+                assert!(
+                    metric(&r, "optimal", m) <= metric(&r, "optimal", "capacity"),
+                    "{r}"
+                );
+                assert!(
+                    metric(&r, "naive", m) > metric(&r, "optimal", "capacity"),
                     "{r}"
                 );
             }

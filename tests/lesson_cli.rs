@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 32] = [
+const LESSONS: [&str; 38] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -40,6 +40,12 @@ const LESSONS: [&str; 32] = [
     "distributed-lock",
     "leader-lease",
     "saga",
+    "sharding",
+    "replication-lag",
+    "cap",
+    "pubsub",
+    "metrics-pipeline",
+    "web-crawler",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -245,6 +251,36 @@ fn every_lesson_runs_and_shows_its_effect() {
                 );
                 assert!(
                     metric(&r, "naive", m) > metric(&r, "optimal", "capacity"),
+                    "{r}"
+                );
+            }
+            "replication-lag" | "pubsub" | "web-crawler" => {
+                let m = match name {
+                    "replication-lag" => "stale_reads",
+                    "pubsub" => "messages_lost",
+                    _ => "duplicate_fetches",
+                };
+                assert!(metric(&r, "naive", m) > 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", m), 0.0, "{r}");
+            }
+            "sharding" => {
+                let m = "max_shard_load_ratio";
+                assert!(
+                    metric(&r, "naive", m) > 4.0 * metric(&r, "optimal", m),
+                    "{r}"
+                );
+            }
+            "cap" => {
+                // naive = CP, optimal = AP: a choice, not a winner.
+                assert_eq!(metric(&r, "naive", "consistency_violations"), 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "availability"), 1.0, "{r}");
+                assert!(metric(&r, "naive", "availability") < 1.0, "{r}");
+                assert!(metric(&r, "optimal", "consistency_violations") > 0.0, "{r}");
+            }
+            "metrics-pipeline" => {
+                assert_eq!(metric(&r, "optimal", "results_match"), 1.0, "{r}");
+                assert!(
+                    metric(&r, "optimal", "writes") < metric(&r, "naive", "writes"),
                     "{r}"
                 );
             }

@@ -11,6 +11,7 @@ pub mod append_only_log;
 pub mod autocomplete;
 pub mod blocking_in_async;
 pub mod bloom_filter;
+pub mod cap;
 pub mod chaos;
 pub mod circuit_breaker;
 pub mod consistent_hashing;
@@ -29,18 +30,23 @@ pub mod leaderboard;
 pub mod load_balancing;
 pub mod load_shedding;
 pub mod lru_cache;
+pub mod metrics_pipeline;
 pub mod payments;
+pub mod pubsub;
 pub mod race_condition;
 pub mod rate_limiting;
+pub mod replication_lag;
 pub mod report;
 pub mod retry_jitter;
 pub mod saga;
 pub mod scaling;
 pub mod semaphore_backpressure;
 pub mod serialization;
+pub mod sharding;
 pub mod threads_vs_tasks;
 pub mod ticketmaster;
 pub mod url_shortener;
+pub mod web_crawler;
 pub mod workload;
 
 pub use report::{LessonReport, Metrics};
@@ -97,6 +103,12 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(distributed_lock),
         lesson!(leader_lease),
         lesson!(saga),
+        lesson!(sharding),
+        lesson!(replication_lag),
+        lesson!(cap),
+        lesson!(pubsub),
+        lesson!(metrics_pipeline),
+        lesson!(web_crawler),
     ]
 }
 
@@ -110,7 +122,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 32);
+        assert_eq!(all.len(), 38);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -118,7 +130,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 32);
+        assert_eq!(names.len(), 38);
         assert!(super::find("nope").is_none());
     }
 }

@@ -164,6 +164,28 @@ fn wait_for_progress(published: &AtomicU64, done: &AtomicBool, target: u64) {
     }
 }
 
+/// The publisher of either run: after the barrier, publishes every batch
+/// with `publish`, counting progress for the subscribers; returns the
+/// milliseconds each batch took.
+fn publish_all(
+    barrier: &Barrier,
+    batches: &[Vec<Vec<u8>>],
+    published: &AtomicU64,
+    done: &AtomicBool,
+    mut publish: impl FnMut(&[Vec<u8>]),
+) -> Vec<f64> {
+    barrier.wait();
+    let mut times = Vec::with_capacity(batches.len());
+    for b in batches {
+        let t = Instant::now();
+        publish(b);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        published.fetch_add(b.len() as u64, Ordering::SeqCst);
+    }
+    done.store(true, Ordering::SeqCst);
+    times
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -234,16 +256,9 @@ pub fn run_queues(seed: u64, w: &Workload) -> RunStats {
             })
             .collect();
         let publisher = s.spawn(|| {
-            barrier.wait();
-            let mut times = Vec::with_capacity(batches.len());
-            for b in &batches {
-                let t = Instant::now();
+            publish_all(&barrier, &batches, &published, &done, |b| {
                 broker.publish_batch(b);
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-                published.fetch_add(b.len() as u64, Ordering::SeqCst);
-            }
-            done.store(true, Ordering::SeqCst);
-            times
+            })
         });
         let times = publisher.join().unwrap_or_default();
         let received: Vec<Option<Received>> = subs.into_iter().map(|h| h.join().ok()).collect();
@@ -306,16 +321,9 @@ pub fn run_log(seed: u64, w: &Workload) -> RunStats {
             })
             .collect();
         let publisher = s.spawn(|| {
-            barrier.wait();
-            let mut times = Vec::with_capacity(batches.len());
-            for b in &batches {
-                let t = Instant::now();
+            publish_all(&barrier, &batches, &published, &done, |b| {
                 log.append_batch(b);
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-                published.fetch_add(b.len() as u64, Ordering::SeqCst);
-            }
-            done.store(true, Ordering::SeqCst);
-            times
+            })
         });
         let times = publisher.join().unwrap_or_default();
         let received: Vec<Option<Received>> = subs.into_iter().map(|h| h.join().ok()).collect();

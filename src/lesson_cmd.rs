@@ -1,7 +1,8 @@
-//! `sdlab lesson list | NAME`: the system-design lessons of the `hld` crate,
-//! each an experiment that runs a naive and an optimal version side by side.
+//! `sdlab lesson list | NAME`: every lesson of the catalogue
+//! ([`crate::lessons`]), each an experiment that runs a naive and an optimal
+//! version side by side.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 #[derive(Args)]
@@ -12,37 +13,37 @@ pub struct LessonArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Print JSON: {"lesson", "title", "naive", "optimal", "notes"} (for
-    /// `list`: the lessons' names and titles).
+    /// `list`: each lesson's name, title and module).
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: LessonArgs) -> Result<()> {
-    let lessons = hld::lessons();
     if a.name == "list" {
+        let modules = crate::lessons::modules();
         if a.json {
-            let list: Vec<serde_json::Value> = lessons
+            let list: Vec<serde_json::Value> = modules
                 .iter()
-                .map(|l| serde_json::json!({ "name": l.name, "title": l.title }))
+                .flat_map(|m| {
+                    m.lessons.iter().map(|l| {
+                        serde_json::json!({ "name": l.name, "title": l.title, "module": m.title })
+                    })
+                })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&list)?);
         } else {
-            for l in &lessons {
-                println!("{:<20} {}", l.name, l.title);
+            for m in &modules {
+                println!("{}:", m.title);
+                for l in &m.lessons {
+                    println!("  {:<22} {}", l.name, l.title);
+                }
             }
         }
         return Ok(());
     }
-    let Some(lesson) = hld::find(&a.name) else {
-        let names: Vec<&str> = lessons.iter().map(|l| l.name).collect();
-        bail!(
-            "no lesson named `{}`; the lessons are: {}",
-            a.name,
-            names.join(", ")
-        );
-    };
+    let lesson = crate::lessons::find(&a.name)?;
     let started = std::time::Instant::now();
-    let report = (lesson.run)(a.seed);
+    let report = lesson.run(a.seed)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -9,12 +9,15 @@ use server::runner::{start_llama_engine, EngineOptions};
 use server::sampler::SamplingParams;
 use std::path::PathBuf;
 
+mod ai_lessons;
 mod bench_batching;
 mod bench_model;
 mod bench_serve;
 mod chat;
 mod latency;
+mod learn;
 mod lesson_cmd;
+mod lessons;
 mod lora_cmd;
 mod loss_plot;
 mod rag_cmd;
@@ -61,8 +64,10 @@ enum Command {
     /// Recommender: the two-tower model on MovieLens (train, eval, recommend).
     #[command(subcommand)]
     Recsys(recsys_cmd::RecsysCommand),
-    /// System-design lessons: `list`, or run one (naive against optimal, measured).
+    /// Lessons: `list`, or run one (naive against optimal, measured).
     Lesson(lesson_cmd::LessonArgs),
+    /// The lesson menu: pick a module and a lesson, run it, read why, see the code.
+    Learn(learn::LearnArgs),
 }
 
 #[derive(Subcommand)]
@@ -325,6 +330,7 @@ fn main() {
         Command::Rag(c) => rag_cmd::run(c),
         Command::Recsys(c) => recsys_cmd::run(c),
         Command::Lesson(a) => lesson_cmd::run(a),
+        Command::Learn(a) => learn::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

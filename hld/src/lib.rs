@@ -51,11 +51,13 @@ pub mod workload;
 
 pub use report::{LessonReport, Metrics};
 
-/// One lesson: its command-line name, a title, and the experiment.
+/// One lesson: its command-line name, a title, the experiment, and the
+/// module (`hld::<module>`) whose source and doc comment teach it.
 pub struct Lesson {
     pub name: &'static str,
     pub title: &'static str,
     pub run: fn(u64) -> LessonReport,
+    pub module: &'static str,
 }
 
 macro_rules! lesson {
@@ -64,6 +66,7 @@ macro_rules! lesson {
             name: $m::NAME,
             title: $m::TITLE,
             run: $m::lesson,
+            module: stringify!($m),
         }
     };
 }

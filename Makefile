@@ -8,7 +8,7 @@ RELEASE    := target/release/sdlab
 MODEL      ?= smollm2-135m-instruct
 PROMPT     ?= What is the capital of France?
 
-.PHONY: all build run chat test models bench bench-rag clean lint fmt check lora-demo
+.PHONY: all build run chat learn test models bench bench-rag clean lint fmt check lora-demo
 
 all: build
 
@@ -31,6 +31,10 @@ run: models build
 ## An interactive chat in the terminal on the same engine.
 chat: models build
 	$(RELEASE) chat --model $(MODEL)
+
+## The lesson menu: modules, lessons, run / explain / code (q quits).
+learn: models build
+	$(RELEASE) learn
 
 ## Everything the suite needs, then the suite (real-model checks included).
 test: models

@@ -271,18 +271,27 @@ mod tests {
         let all = all();
         assert_eq!(all.len(), every_entry().len());
         for e in &all {
-            assert_eq!(placed.iter().filter(|n| **n == e.name).count(), 1, "{}", e.name);
+            assert_eq!(
+                placed.iter().filter(|n| **n == e.name).count(),
+                1,
+                "{}",
+                e.name
+            );
             assert!(!e.sources().is_empty(), "{} has no source", e.name);
             assert!(e.explain().len() > 200, "{} has a thin module doc", e.name);
         }
         for n in placed {
-            assert!(find(n).is_ok(), "the table names `{n}`, which does not exist");
+            assert!(
+                find(n).is_ok(),
+                "the table names `{n}`, which does not exist"
+            );
         }
     }
 
     #[test]
     fn module_doc_reads_the_top_comment_and_strips_links() {
-        let src = "//! A [`Thing`](crate::x) and [`Other`].\n//!\n//! Second.\nuse x;\n//! not this\n";
+        let src =
+            "//! A [`Thing`](crate::x) and [`Other`].\n//!\n//! Second.\nuse x;\n//! not this\n";
         assert_eq!(module_doc(src), "A `Thing` and `Other`.\n\nSecond.");
         assert_eq!(strip_doc_links("a [b] c [d](e) [f"), "a b c d [f");
     }

@@ -285,11 +285,9 @@ impl App {
             KeyCode::PageDown | KeyCode::Char(' ') => self.step(page_rows),
             KeyCode::Home | KeyCode::Char('g') => self.set_cursor(0),
             KeyCode::End | KeyCode::Char('G') => self.step(isize::MAX / 2),
-            KeyCode::Enter | KeyCode::Right | KeyCode::Char('l') => {
-                if !self.page().is_text() {
-                    self.digits.clear();
-                    self.open();
-                }
+            KeyCode::Enter | KeyCode::Right | KeyCode::Char('l') if !self.page().is_text() => {
+                self.digits.clear();
+                self.open();
             }
             KeyCode::Char('r') => {
                 if let Page::Run { module, lesson } = self.page() {
@@ -339,10 +337,22 @@ mod tests {
         assert_eq!(app.page(), Page::Lessons { module: big });
         assert_eq!((app.cursor(), app.digits.as_str()), (0, "1"));
         typed(&mut app, "0");
-        assert_eq!(app.page(), Page::Actions { module: big, lesson: 9 });
+        assert_eq!(
+            app.page(),
+            Page::Actions {
+                module: big,
+                lesson: 9
+            }
+        );
         // No item 9 among four actions: a message, nothing opened.
         typed(&mut app, "9");
-        assert_eq!(app.page(), Page::Actions { module: big, lesson: 9 });
+        assert_eq!(
+            app.page(),
+            Page::Actions {
+                module: big,
+                lesson: 9
+            }
+        );
         assert!(app.status.contains("no item 9"), "{}", app.status);
     }
 
@@ -357,13 +367,34 @@ mod tests {
         key(&mut app, KeyCode::Enter);
         key(&mut app, KeyCode::Down);
         key(&mut app, KeyCode::Right);
-        assert_eq!(app.page(), Page::Actions { module: 0, lesson: 1 });
+        assert_eq!(
+            app.page(),
+            Page::Actions {
+                module: 0,
+                lesson: 1
+            }
+        );
         // Explain, then back to the actions with the cursor where it was.
         key(&mut app, KeyCode::Down);
         key(&mut app, KeyCode::Enter);
-        assert_eq!(app.page(), Page::Explain { module: 0, lesson: 1 });
+        assert_eq!(
+            app.page(),
+            Page::Explain {
+                module: 0,
+                lesson: 1
+            }
+        );
         key(&mut app, KeyCode::Backspace);
-        assert_eq!((app.page(), app.cursor()), (Page::Actions { module: 0, lesson: 1 }, 1));
+        assert_eq!(
+            (app.page(), app.cursor()),
+            (
+                Page::Actions {
+                    module: 0,
+                    lesson: 1
+                },
+                1
+            )
+        );
         // The `Back` action, then Esc at the top changes nothing.
         typed(&mut app, "4");
         assert_eq!(app.page(), Page::Lessons { module: 0 });
@@ -403,7 +434,13 @@ mod tests {
     fn a_run_ends_with_the_table_or_the_error() {
         let mut app = app();
         typed(&mut app, "111");
-        assert_eq!(app.page(), Page::Run { module: 0, lesson: 0 });
+        assert_eq!(
+            app.page(),
+            Page::Run {
+                module: 0,
+                lesson: 0
+            }
+        );
         let name = app.entry(0, 0).name;
         let started = Instant::now();
         while app.any_running() {

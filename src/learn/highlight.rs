@@ -70,6 +70,9 @@ mod tests {
         assert_eq!(text[1], "   2      let x = 1; // one");
         let colours: std::collections::HashSet<_> =
             lines[1].spans.iter().skip(1).map(|s| s.style.fg).collect();
-        assert!(colours.len() > 1, "one colour for a whole line: {colours:?}");
+        assert!(
+            colours.len() > 1,
+            "one colour for a whole line: {colours:?}"
+        );
     }
 }

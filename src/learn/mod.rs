@@ -137,9 +137,7 @@ fn screen_text(terminal: &Terminal<TestBackend>) -> String {
     let area = buffer.area;
     let mut out = String::new();
     for y in 0..area.height {
-        let row: String = (0..area.width)
-            .map(|x| buffer[(x, y)].symbol())
-            .collect();
+        let row: String = (0..area.width).map(|x| buffer[(x, y)].symbol()).collect();
         out.push_str(row.trim_end());
         out.push('\n');
     }

@@ -43,9 +43,7 @@ fn breadcrumb(app: &App) -> String {
         match *page {
             Page::Modules => {}
             Page::Lessons { module } => parts.push(app.modules[module].title.into()),
-            Page::Actions { module, lesson } => {
-                parts.push(app.entry(module, lesson).name.into())
-            }
+            Page::Actions { module, lesson } => parts.push(app.entry(module, lesson).name.into()),
             Page::Run { .. } => parts.push("run".into()),
             Page::Explain { .. } => parts.push("explain".into()),
             Page::Code { .. } => parts.push("code".into()),
@@ -242,7 +240,11 @@ fn wrap_plain(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
 fn explain_lines(text: &str, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     for paragraph in text.split("\n\n") {
-        let joined = paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        let joined = paragraph
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut bold = false;
         let mut spans: Vec<Span<'static>> = Vec::new();
         let mut used = 0;

@@ -230,9 +230,13 @@ pub async fn push_client(
         None => vec![(Duration::ZERO, None)],
     };
     for (start, end) in sessions {
-        tokio::select! {
-            _ = sleep_until((epoch + start).into()) => {}
-            _ = stop.changed() => break,
+        // The first session opens at once (the epoch is a little ahead, to
+        // give every client time to connect before the first send).
+        if start > Duration::ZERO {
+            tokio::select! {
+                _ = sleep_until((epoch + start).into()) => {}
+                _ = stop.changed() => break,
+            }
         }
         let until = end.map(|e| epoch + e);
         if !ws_session(addr, &plan, &mut cursor, epoch, until, &tally, &mut stop).await {

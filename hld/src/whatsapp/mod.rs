@@ -16,11 +16,14 @@
 //! interval for the next poll (`delivery_ms_p99` sits near the interval);
 //! and messages are lost. The loss is the classic timestamp-cursor bug, not
 //! an injected fault: the stamp is taken when the send *arrives* but the
-//! row only becomes visible when it *commits*, and a slow send (the lesson's
-//! send path takes 0-20 ms for most sends and 250-450 ms for 5% of them,
-//! the tail every real service has) commits after a faster one stamped
-//! later. A poll in between returns the later message, the cursor jumps
-//! past the slow one's stamp, and no poll ever returns it. The same bug hits
+//! row only becomes visible when it *commits*. The send path in between
+//! (validation, abuse checks, media, waiting for the write lock) takes a
+//! varying time, 0-150 ms in the lesson and 200-400 ms for one send in
+//! 200, so a slower send commits after a faster one stamped later. A poll
+//! in between returns the later message, the cursor jumps past the slower
+//! one's stamp, and no poll ever returns it. It needs a busy inbox (several
+//! sends in flight to one user at once: a business account, a member of a
+//! lively group), and every busy inbox hits it every few polls. The same bug hits
 //! any cursor on a value assigned before commit: clocks, or database
 //! sequences handed out before the transaction ends.
 //!
@@ -44,7 +47,8 @@
 //! The lesson runs both on the same workload: real servers on
 //! `127.0.0.1`, every user a tokio task started together (HTTP through
 //! reqwest, WebSockets through tokio-tungstenite), messages sent on a
-//! seeded schedule (half of them to a few busy users), a fifth of the users
+//! seeded schedule (60% of them to two busy inboxes, the rest spread over
+//! everyone), a fifth of the users
 //! offline for one to two seconds in the middle, and SQLite (WAL) as the
 //! store. Look at `messages_lost` (naive above 0, optimal exactly 0),
 //! `db_queries` (naive dominated by empty polls) and `delivery_ms_p99`
@@ -109,10 +113,10 @@ impl Workload {
     /// The lesson's size.
     pub fn lesson(seed: u64) -> Self {
         Self {
-            users: 400,
-            busy: 6,
-            busy_share: 0.5,
-            messages: 800,
+            users: 500,
+            busy: 2,
+            busy_share: 0.6,
+            messages: 1200,
             send_window: Duration::from_secs(4),
             offline_share: 0.2,
             offline_ms: (1000, 2000),
@@ -120,9 +124,9 @@ impl Workload {
             drain: Duration::from_millis(2500),
             send_path: SendPath {
                 seed,
-                fast_ms: (0, 20),
-                slow_ms: (250, 450),
-                slow_fraction: 0.05,
+                fast_ms: (0, 150),
+                slow_ms: (200, 400),
+                slow_fraction: 0.005,
             },
         }
     }
@@ -136,8 +140,11 @@ pub struct Schedule {
     pub sends: Vec<(Duration, Message)>,
 }
 
-/// When sends begin (the clients connect first).
-const WARM_UP: Duration = Duration::from_millis(300);
+/// When sends begin after the epoch.
+const WARM_UP: Duration = Duration::from_millis(200);
+/// How long before the epoch the clients start connecting (so a slow
+/// start-up is not counted as delivery time).
+const SETUP: Duration = Duration::from_millis(500);
 
 impl Schedule {
     pub fn new(w: &Workload, seed: u64) -> Self {
@@ -268,7 +275,7 @@ pub fn run(side: Side, w: &Workload, schedule: &Schedule) -> std::io::Result<Run
     let sql = |e: rusqlite::Error| std::io::Error::other(e.to_string());
     let stats = rt.block_on(async {
         let http = reqwest::Client::new();
-        let epoch = Instant::now();
+        let epoch = Instant::now() + SETUP;
         let tally = Arc::new(Tally::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut rng = StdRng::seed_from_u64(w.send_path.seed ^ 0x5EED);
@@ -352,21 +359,45 @@ pub fn lesson_with(seed: u64, w: &Workload) -> LessonReport {
         (Ok(n), Ok(o)) => (n, o),
         (Err(e), _) | (_, Err(e)) => return report.notes(format!("the run failed: {e}")),
     };
-    let offline = schedule.plans.iter().filter(|p| p.offline.is_some()).count();
+    let offline = schedule
+        .plans
+        .iter()
+        .filter(|p| p.offline.is_some())
+        .count();
     report
-        .both("messages_lost", naive.messages_lost as f64, optimal.messages_lost as f64)
-        .both("db_queries", naive.db_queries as f64, optimal.db_queries as f64)
-        .both("delivery_ms_p99", naive.delivery_ms_p99, optimal.delivery_ms_p99)
-        .both("delivery_ms_p50", naive.delivery_ms_p50, optimal.delivery_ms_p50)
+        .both(
+            "messages_lost",
+            naive.messages_lost as f64,
+            optimal.messages_lost as f64,
+        )
+        .both(
+            "db_queries",
+            naive.db_queries as f64,
+            optimal.db_queries as f64,
+        )
+        .both(
+            "delivery_ms_p99",
+            naive.delivery_ms_p99,
+            optimal.delivery_ms_p99,
+        )
+        .both(
+            "delivery_ms_p50",
+            naive.delivery_ms_p50,
+            optimal.delivery_ms_p50,
+        )
         .both("messages_sent", naive.sent as f64, optimal.sent as f64)
-        .both("send_failures", naive.send_failures as f64, optimal.send_failures as f64)
+        .both(
+            "send_failures",
+            naive.send_failures as f64,
+            optimal.send_failures as f64,
+        )
         .both("run_s", naive.elapsed_s, optimal.elapsed_s)
         .naive("polls", naive.polls as f64)
         .optimal("duplicates_dropped", optimal.duplicates_dropped as f64)
         .notes(format!(
             "{} users ({} offline for {}-{} ms mid-run), {} messages over {:.0} s, \
-             half of them to {} busy users; the send path takes {}-{} ms, or {}-{} ms \
-             for {:.0}% of sends. Polling every {} ms: {} of {} messages never reach \
+             {:.0}% of them to {} busy inboxes; the send path takes {}-{} ms, or {}-{} ms \
+             for {:.1}% of sends. Polling every {} ms: {} of {} messages never reach \
              their recipient, because a slow send committed after a faster one stamped \
              later and a poll in between moved the timestamp cursor past it; {} of the \
              {} queries are polls, most of them empty; delivery p99 {:.0} ms is the \
@@ -381,6 +412,7 @@ pub fn lesson_with(seed: u64, w: &Workload) -> LessonReport {
             w.offline_ms.1,
             naive.sent,
             w.send_window.as_secs_f64(),
+            w.busy_share * 100.0,
             w.busy,
             w.send_path.fast_ms.0,
             w.send_path.fast_ms.1,

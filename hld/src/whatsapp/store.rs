@@ -75,7 +75,13 @@ impl TimestampStore {
         self.queries.fetch_add(1, Ordering::Relaxed);
         lock(&self.conn).execute(
             "INSERT INTO messages (id, sender, recipient, sent_us, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![msg.id as i64, msg.from, msg.to, msg.sent_us as i64, ts as i64],
+            params![
+                msg.id as i64,
+                msg.from,
+                msg.to,
+                msg.sent_us as i64,
+                ts as i64
+            ],
         )?;
         Ok(())
     }

@@ -80,9 +80,8 @@ fn send_path_work_is_deterministic_and_in_range() {
     assert_eq!(SendPath::instant().work(5), Duration::ZERO);
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: std::net::SocketAddr, user: u32, last_seq: u64) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?user={user}"))
@@ -193,7 +192,12 @@ fn a_small_lesson_loses_nothing_with_store_and_forward() {
     let (n, o) = (&r.naive, &r.optimal);
     assert!(r.notes.len() > 40, "{}", r.notes);
     assert_eq!(o["messages_sent"], 200.0, "{}", r.table());
-    assert_eq!(n["send_failures"] + o["send_failures"], 0.0, "{}", r.table());
+    assert_eq!(
+        n["send_failures"] + o["send_failures"],
+        0.0,
+        "{}",
+        r.table()
+    );
     assert_eq!(o["messages_lost"], 0.0, "{}", r.table());
     assert_eq!(n["db_queries"], n["polls"] + 200.0, "{}", r.table());
     assert!(o["db_queries"] < n["db_queries"], "{}", r.table());

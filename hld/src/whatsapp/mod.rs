@@ -21,11 +21,11 @@
 //! varying time, 0-150 ms in the lesson and 200-400 ms for one send in
 //! 200, so a slower send commits after a faster one stamped later. A poll
 //! in between returns the later message, the cursor jumps past the slower
-//! one's stamp, and no poll ever returns it. It needs a busy inbox (several
-//! sends in flight to one user at once: a business account, a member of a
-//! lively group), and every busy inbox hits it every few polls. The same bug hits
-//! any cursor on a value assigned before commit: clocks, or database
-//! sequences handed out before the transaction ends.
+//! one's stamp, and no poll ever returns it. It needs a busy inbox
+//! (several sends in flight to one user at once: a business account, a
+//! member of a lively group); the lesson's two busy inboxes hit it in every
+//! run. The same bug hits any cursor on a value assigned before commit:
+//! clocks, or database sequences handed out before the transaction ends.
 //!
 //! **The optimal way** ([`server::PushServer`], [`client::push_client`]):
 //! each client keeps a WebSocket (axum on the server, tokio-tungstenite on
@@ -48,9 +48,8 @@
 //! `127.0.0.1`, every user a tokio task started together (HTTP through
 //! reqwest, WebSockets through tokio-tungstenite), messages sent on a
 //! seeded schedule (60% of them to two busy inboxes, the rest spread over
-//! everyone), a fifth of the users
-//! offline for one to two seconds in the middle, and SQLite (WAL) as the
-//! store. Look at `messages_lost` (naive above 0, optimal exactly 0),
+//! everyone), a fifth of the users offline for one to two seconds in the
+//! middle, and SQLite (WAL) as the store. Look at `messages_lost` (naive above 0, optimal exactly 0),
 //! `db_queries` (naive dominated by empty polls) and `delivery_ms_p99`
 //! (naive near the poll interval plus the send path; optimal the send path
 //! alone). Delivery time counts from the send, or from the reconnect for a

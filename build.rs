@@ -47,7 +47,12 @@ fn main() {
             write!(out, "    ({:?}, &[", format!("{prefix}::{name}")).unwrap();
             for f in files {
                 let rel = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
-                write!(out, "({rel:?}, include_str!({:?})), ", f.display().to_string()).unwrap();
+                write!(
+                    out,
+                    "({rel:?}, include_str!({:?})), ",
+                    f.display().to_string()
+                )
+                .unwrap();
             }
             out.push_str("]),\n");
         }

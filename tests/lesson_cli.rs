@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 38] = [
+const LESSONS: [&str; 39] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -46,6 +46,7 @@ const LESSONS: [&str; 38] = [
     "pubsub",
     "metrics-pipeline",
     "web-crawler",
+    "whatsapp",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -262,6 +263,14 @@ fn every_lesson_runs_and_shows_its_effect() {
                 };
                 assert!(metric(&r, "naive", m) > 0.0, "{r}");
                 assert_eq!(metric(&r, "optimal", m), 0.0, "{r}");
+            }
+            "whatsapp" => {
+                assert!(metric(&r, "naive", "messages_lost") > 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "messages_lost"), 0.0, "{r}");
+                assert!(
+                    metric(&r, "optimal", "db_queries") < metric(&r, "naive", "db_queries"),
+                    "{r}"
+                );
             }
             "sharding" => {
                 let m = "max_shard_load_ratio";

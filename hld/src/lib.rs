@@ -47,6 +47,7 @@ pub mod threads_vs_tasks;
 pub mod ticketmaster;
 pub mod url_shortener;
 pub mod web_crawler;
+pub mod whatsapp;
 pub mod workload;
 
 pub use report::{LessonReport, Metrics};
@@ -112,6 +113,7 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(pubsub),
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
+        lesson!(whatsapp),
     ]
 }
 
@@ -125,7 +127,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 38);
+        assert_eq!(all.len(), 39);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -133,7 +135,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 38);
+        assert_eq!(names.len(), 39);
         assert!(super::find("nope").is_none());
     }
 }

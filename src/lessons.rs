@@ -138,6 +138,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
         &[
             "url-shortener",
             "web-crawler",
+            "whatsapp",
             "metrics-pipeline",
             "dedup",
             "leaderboard",

@@ -48,6 +48,7 @@ pub mod ticketmaster;
 pub mod url_shortener;
 pub mod web_crawler;
 pub mod workload;
+pub mod youtube_abr;
 
 pub use report::{LessonReport, Metrics};
 
@@ -109,6 +110,7 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(pubsub),
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
+        lesson!(youtube_abr),
     ]
 }
 
@@ -122,7 +124,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 38);
+        assert_eq!(all.len(), 39);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -130,7 +132,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 38);
+        assert_eq!(names.len(), 39);
         assert!(super::find("nope").is_none());
     }
 }

@@ -7,6 +7,7 @@
 //! same job where one exists, and a `lesson(seed)` function returning a
 //! [`LessonReport`]. [`lessons`] lists them all.
 
+pub mod analytics;
 pub mod append_only_log;
 pub mod autocomplete;
 pub mod blocking_in_async;
@@ -111,6 +112,7 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
         lesson!(youtube_abr),
+        lesson!(analytics),
     ]
 }
 
@@ -124,7 +126,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 39);
+        assert_eq!(all.len(), 40);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -132,7 +134,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 39);
+        assert_eq!(names.len(), 40);
         assert!(super::find("nope").is_none());
     }
 }

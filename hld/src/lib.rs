@@ -32,6 +32,7 @@ pub mod load_balancing;
 pub mod load_shedding;
 pub mod lru_cache;
 pub mod metrics_pipeline;
+pub mod news_feed;
 pub mod payments;
 pub mod pubsub;
 pub mod race_condition;
@@ -111,6 +112,7 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(pubsub),
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
+        lesson!(news_feed),
         lesson!(youtube_abr),
         lesson!(analytics),
     ]
@@ -126,7 +128,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 40);
+        assert_eq!(all.len(), 41);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -134,7 +136,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 40);
+        assert_eq!(names.len(), 41);
         assert!(super::find("nope").is_none());
     }
 }

@@ -126,6 +126,28 @@ fn sessions_merge_when_a_late_click_fills_the_gap() {
 }
 
 #[test]
+fn a_fired_session_extended_past_the_watermark_is_retracted_until_it_fires_again() {
+    // (Found by the proptest below.) Gap 10 s, watermark 5 s behind.
+    let c = cfg();
+    let events = [
+        click(0, 0, 1, 119_103),
+        click(1, 0, 0, 134_103), // watermark 129,103: user 1's session fires
+        click(3, 0, 1, 119_104), // extends it to 129,104: pending again
+        click(2, 0, 1, 117_286), // and a click before it moves its start
+    ];
+    let mut op = WindowOperator::new(c);
+    op.process(&events[0]);
+    op.process(&events[1]);
+    assert_eq!(op.store.get((Kind::Session, 1, 119_103)), Some(1));
+    op.process(&events[2]);
+    assert_eq!(op.store.get((Kind::Session, 1, 119_103)), None);
+    op.process(&events[3]);
+    op.finish();
+    assert_eq!(op.store.get((Kind::Session, 1, 117_286)), Some(3));
+    assert_eq!(stored_all(&op.store), batch_all(&events, &c));
+}
+
+#[test]
 fn batch_sessions_split_at_the_gap() {
     let ev = [
         click(0, 0, 1, 0),

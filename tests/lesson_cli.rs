@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 39] = [
+const LESSONS: [&str; 42] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -47,6 +47,9 @@ const LESSONS: [&str; 39] = [
     "metrics-pipeline",
     "web-crawler",
     "whatsapp",
+    "news-feed",
+    "youtube-abr",
+    "analytics",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -285,6 +288,34 @@ fn every_lesson_runs_and_shows_its_effect() {
                 assert_eq!(metric(&r, "optimal", "availability"), 1.0, "{r}");
                 assert!(metric(&r, "naive", "availability") < 1.0, "{r}");
                 assert!(metric(&r, "optimal", "consistency_violations") > 0.0, "{r}");
+            }
+            "news-feed" => {
+                assert!(
+                    metric(&r, "optimal", "read_ms_p99") < metric(&r, "naive", "read_ms_p99"),
+                    "{r}"
+                );
+                assert_eq!(metric(&r, "naive", "writes_per_post"), 1.0, "{r}");
+                assert!(metric(&r, "optimal", "writes_per_post") > 1.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "feeds_match"), 1.0, "{r}");
+            }
+            "youtube-abr" => {
+                let m = "rebuffer_ratio";
+                assert!(metric(&r, "naive", m) > 0.0, "{r}");
+                assert!(metric(&r, "optimal", m) < metric(&r, "naive", m), "{r}");
+                assert!(
+                    metric(&r, "optimal", "avg_bitrate_kbps")
+                        < metric(&r, "naive", "avg_bitrate_kbps"),
+                    "{r}"
+                );
+            }
+            "analytics" => {
+                assert!(
+                    metric(&r, "optimal", "writes") < metric(&r, "naive", "writes"),
+                    "{r}"
+                );
+                assert_eq!(metric(&r, "naive", "results_match"), 1.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "results_match"), 1.0, "{r}");
+                assert!(metric(&r, "optimal", "late_events_dropped") > 0.0, "{r}");
             }
             "metrics-pipeline" => {
                 assert_eq!(metric(&r, "optimal", "results_match"), 1.0, "{r}");

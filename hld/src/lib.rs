@@ -7,6 +7,7 @@
 //! same job where one exists, and a `lesson(seed)` function returning a
 //! [`LessonReport`]. [`lessons`] lists them all.
 
+pub mod analytics;
 pub mod append_only_log;
 pub mod autocomplete;
 pub mod blocking_in_async;
@@ -31,6 +32,7 @@ pub mod load_balancing;
 pub mod load_shedding;
 pub mod lru_cache;
 pub mod metrics_pipeline;
+pub mod news_feed;
 pub mod payments;
 pub mod pubsub;
 pub mod race_condition;
@@ -49,6 +51,7 @@ pub mod url_shortener;
 pub mod web_crawler;
 pub mod whatsapp;
 pub mod workload;
+pub mod youtube_abr;
 
 pub use report::{LessonReport, Metrics};
 
@@ -114,6 +117,9 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
         lesson!(whatsapp),
+        lesson!(news_feed),
+        lesson!(youtube_abr),
+        lesson!(analytics),
     ]
 }
 
@@ -127,7 +133,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 39);
+        assert_eq!(all.len(), 42);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -135,7 +141,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 39);
+        assert_eq!(names.len(), 42);
         assert!(super::find("nope").is_none());
     }
 }

@@ -313,6 +313,12 @@ impl Gcra {
             tat: None,
         })
     }
+
+    /// True when the limiter at `now` is in the same state as a new one (a
+    /// full burst available), so a keyed map may drop it.
+    pub fn is_idle(&self, now: Duration) -> bool {
+        self.tat.is_none_or(|tat| tat <= nanos(now))
+    }
 }
 
 impl RateLimiter for Gcra {

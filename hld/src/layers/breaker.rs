@@ -160,9 +160,10 @@ where
         let permit = match decision {
             Decision::Allow(p) => p,
             Decision::Reject { retry_after } => {
-                return Box::pin(std::future::ready(Err(
-                    LayerError::CircuitOpen { retry_after }.into()
-                )));
+                return Box::pin(std::future::ready(Err(LayerError::CircuitOpen {
+                    retry_after,
+                }
+                .into())));
             }
         };
         let mut guard = PermitGuard {

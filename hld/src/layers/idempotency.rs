@@ -131,7 +131,8 @@ where
         let params = (self.layer.params)(&req);
         let store = self.layer.store.clone();
         let (claim, _) = store.claim(&key, &params, None);
-        let refuse = |e: LayerError| -> Self::Future { Box::pin(std::future::ready(Err(e.into()))) };
+        let refuse =
+            |e: LayerError| -> Self::Future { Box::pin(std::future::ready(Err(e.into()))) };
         match claim {
             Claim::Replay(res) => Box::pin(std::future::ready(Ok(res))),
             Claim::KeyReuse => refuse(LayerError::IdempotencyKeyReuse(key)),
@@ -144,8 +145,10 @@ where
                 let fut = self.inner.call(req);
                 Box::pin(async move {
                     let result = fut.await;
-                    if let (Ok(res), Some(key)) = (&result, guard.key.take()) {
-                        guard.store.finish(&key, res.clone());
+                    if let Ok(res) = &result {
+                        if let Some(key) = guard.key.take() {
+                            guard.store.finish(&key, res.clone());
+                        }
                     }
                     // On `Err` the guard still holds the key and releases it.
                     drop(guard);

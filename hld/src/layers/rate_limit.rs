@@ -173,9 +173,10 @@ where
                 Box::pin(async move { fut.await.map_err(Into::into) })
             }
             Decision::Deny { retry_after } => {
-                Box::pin(std::future::ready(Err(
-                    LayerError::RateLimited { retry_after }.into()
-                )))
+                Box::pin(std::future::ready(Err(LayerError::RateLimited {
+                    retry_after,
+                }
+                .into())))
             }
         }
     }

@@ -6,6 +6,7 @@ use crate::retry_jitter::{Backoff, BackoffError, Strategy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::retry::Policy;
@@ -22,8 +23,9 @@ pub type Sleep = Arc<dyn Fn(Duration) -> BoxFuture<()> + Send + Sync>;
 /// `retryable` decides which results are worth another attempt (by default
 /// any `Err`); a policy for HTTP would also retry 503s and 429s and leave
 /// 4xx alone. Each request gets its own backoff and its own random stream
-/// (reseeded from the policy's on every request), so concurrent callers do
-/// not retry in lock-step, which is the point of jitter. A retry budget
+/// (seeded from the policy's seed and a shared request count), so
+/// concurrent callers do not retry in lock-step, which is the point of
+/// jitter. A retry budget
 /// (tower's `retry::budget::TpsBudget`) is the next thing to add for a
 /// fleet: it caps retries to a fraction of traffic, so retries cannot
 /// multiply the load of an outage.
@@ -32,6 +34,11 @@ pub struct JitterRetry<F> {
     max_attempts: u32,
     attempts: u32,
     rng: StdRng,
+    /// The seed, and a count of requests shared by every clone of the
+    /// policy: each request's random stream is seeded from both, so clones
+    /// of one service (one per connection, say) do not jitter alike.
+    seed: u64,
+    requests: Arc<AtomicU64>,
     sleep: Sleep,
     retryable: F,
 }
@@ -43,6 +50,8 @@ impl<F: Clone> Clone for JitterRetry<F> {
             max_attempts: self.max_attempts,
             attempts: self.attempts,
             rng: self.rng.clone(),
+            seed: self.seed,
+            requests: self.requests.clone(),
             sleep: self.sleep.clone(),
             retryable: self.retryable.clone(),
         }
@@ -120,6 +129,8 @@ impl<F> JitterRetry<F> {
             max_attempts: max_attempts.max(1),
             attempts: 1,
             rng: StdRng::seed_from_u64(seed),
+            seed,
+            requests: Arc::new(AtomicU64::new(0)),
             sleep,
             retryable,
         })
@@ -143,11 +154,14 @@ where
     }
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        // `Retry::call` clones the service's policy for each request right
-        // after this call, so reseeding here gives every request its own
-        // random stream (and the copy keeps reseeding between attempts,
-        // which is harmless).
-        self.rng = StdRng::seed_from_u64(self.rng.random());
+        // `Retry::call` calls this on the service's policy (always at its
+        // first attempt) and then clones it for the request, so a new
+        // random stream here is the request's own. The request's copy calls
+        // this again between attempts and keeps its stream.
+        if self.attempts == 1 {
+            let n = self.requests.fetch_add(1, Ordering::Relaxed);
+            self.rng = StdRng::seed_from_u64(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
         Some(req.clone())
     }
 }

@@ -343,14 +343,12 @@ async fn each_request_gets_its_own_jitter() {
 }
 
 type Charge = (u64, u32);
+type ChargeCmd = (Option<&'static str>, u32);
+type ChargeLayer =
+    IdempotencyLayer<fn(&ChargeCmd) -> Option<String>, u32, Charge, fn(&ChargeCmd) -> u32>;
 
-/// An idempotent "charge" request: (key, amount).
-fn charge_layer() -> IdempotencyLayer<
-    fn(&(Option<&'static str>, u32)) -> Option<String>,
-    u32,
-    Charge,
-    fn(&(Option<&'static str>, u32)) -> u32,
-> {
+/// An idempotency layer for (key, amount) "charge" requests.
+fn charge_layer() -> ChargeLayer {
     IdempotencyLayer::new(|r| r.0.map(String::from), |r| r.1)
 }
 

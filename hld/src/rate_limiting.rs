@@ -33,9 +33,9 @@
 //! Every limiter implements [`RateLimiter`]: `check(now) -> Decision`, with
 //! the clock injected as `now` (a [`Duration`] since an epoch, see
 //! [`crate::circuit_breaker::Clock`]). A service keeps one limiter per key
-//! (a `HashMap<Key, Gcra>`) and a `tower` layer would wrap it, answering
-//! HTTP 429 with `Retry-After` on [`Decision::Deny`]; this crate does not
-//! depend on tower.
+//! (a `HashMap<Key, Gcra>`); [`RateLimitLayer`](crate::layers::RateLimitLayer)
+//! does that as a `tower` layer, answering an error that maps to HTTP 429
+//! with `Retry-After` on [`Decision::Deny`].
 
 use crate::report::LessonReport;
 use rand::rngs::StdRng;

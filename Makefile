@@ -40,6 +40,7 @@ learn: models build
 test: models
 	SDLAB_REQUIRE_REAL_MODELS=1 SDLAB_REQUIRE_NETWORK_TESTS=1 $(CARGO) test --workspace --all-targets
 	SDLAB_REQUIRE_REAL_MODELS=1 $(CARGO) test --workspace --doc
+	$(CARGO) test -p hld --features shuttle --test shuttle
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -26,9 +26,10 @@
 //! The clock is injected: every method takes `now` as a [`Duration`] since
 //! some epoch, read from a [`Clock`] ([`MonotonicClock`] in a service,
 //! [`ManualClock`] in tests and simulations), so the state machine is tested
-//! deterministically. In a service a `tower::Layer` would wrap this type
-//! (`check` in `poll_ready`/`call`, `record` when the response future
-//! resolves); this crate does not depend on tower.
+//! deterministically. In a service
+//! [`CircuitBreakerLayer`](crate::layers::CircuitBreakerLayer) wraps this
+//! type as a `tower` layer (`check` in `call`, `record` when the response
+//! future resolves).
 
 use crate::report::LessonReport;
 use rand::rngs::StdRng;

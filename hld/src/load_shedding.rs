@@ -17,9 +17,9 @@
 //! checks are O(1).
 //!
 //! [`LoadShedder`] takes the clock as `now` (see
-//! [`crate::circuit_breaker::Clock`]); a `tower` layer would wrap it
-//! (tower's `ConcurrencyLimit` and `RateLimit` plus `LoadShed` do the same
-//! job; this crate does not depend on tower). [`ConcurrencyLimit`] is the
+//! [`crate::circuit_breaker::Clock`]). In a service tower's own
+//! `ConcurrencyLimitLayer` and `LoadShedLayer` do this job (see
+//! [`crate::layers`]). [`ConcurrencyLimit`] is the
 //! thread-safe concurrency half alone, an atomic counter with RAII permits.
 
 use crate::circuit_breaker::quantile;

@@ -33,9 +33,9 @@
 //! Every limiter implements [`RateLimiter`]: `check(now) -> Decision`, with
 //! the clock injected as `now` (a [`Duration`] since an epoch, see
 //! [`crate::circuit_breaker::Clock`]). A service keeps one limiter per key
-//! (a `HashMap<Key, Gcra>`) and a `tower` layer would wrap it, answering
-//! HTTP 429 with `Retry-After` on [`Decision::Deny`]; this crate does not
-//! depend on tower.
+//! (a `HashMap<Key, Gcra>`); [`RateLimitLayer`](crate::layers::RateLimitLayer)
+//! does that as a `tower` layer, answering an error that maps to HTTP 429
+//! with `Retry-After` on [`Decision::Deny`].
 
 use crate::report::LessonReport;
 use rand::rngs::StdRng;
@@ -312,6 +312,12 @@ impl Gcra {
             tau: p.saturating_mul(burst - 1),
             tat: None,
         })
+    }
+
+    /// True when the limiter at `now` is in the same state as a new one (a
+    /// full burst available), so a keyed map may drop it.
+    pub fn is_idle(&self, now: Duration) -> bool {
+        self.tat.is_none_or(|tat| tat <= nanos(now))
     }
 }
 

@@ -26,8 +26,9 @@
 //!
 //! [`Backoff`] is the piece a real client uses: it hands out the next delay
 //! and leaves the sleeping to the caller, so the clock is injected (a
-//! simulation advances a virtual clock, a service sleeps, a `tower` retry
-//! layer would wrap it as its `Policy`; this crate does not depend on tower).
+//! simulation advances a virtual clock, a service sleeps, and
+//! [`JitterRetry`](crate::layers::JitterRetry) wraps it as the `Policy` of
+//! tower's `RetryLayer`).
 //! [`retry`] runs an operation with a `Backoff` and an injected `sleep`.
 
 use crate::report::LessonReport;

@@ -24,19 +24,24 @@
 //!   answers `409 Conflict` there and lets the client retry, which
 //!   [`InFlightPolicy::Reject`] does.
 //!
-//! The store here is a `Mutex<HashMap<key, entry>>` with a `Condvar`: one
-//! process, in memory. A real server keeps the key in the same database
-//! transaction as the charge (or in phases with recovery points, as in
+//! The store here ([`IdempotencyStore`], shared with the tower
+//! [`IdempotencyLayer`](crate::layers::IdempotencyLayer)) is a
+//! `Mutex<HashMap<key, entry>>` with a `Condvar`: one process, in memory.
+//! A real server keeps the key in the same database transaction as the charge (or in phases with recovery points, as in
 //! Brandur Leach's Postgres design for Stripe-like APIs), so a crash between
 //! charging and storing cannot lose the record, and expires keys after 24
 //! hours. Lookups are `O(1)`; memory grows with the keys kept.
+
+mod store;
+
+pub use store::{Claim, IdempotencyStore};
 
 use crate::LessonReport;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Barrier, Condvar, Mutex};
+use std::sync::{Barrier, Mutex};
 use std::time::Duration;
 
 /// The lesson's command-line name.
@@ -158,12 +163,6 @@ pub enum InFlightPolicy {
     Reject,
 }
 
-#[derive(Debug, Clone)]
-enum Entry {
-    InFlight(ChargeRequest),
-    Done(ChargeRequest, Result<Charge, PaymentError>),
-}
-
 /// Counters of what the idempotency layer did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IdempotencyStats {
@@ -179,8 +178,7 @@ pub struct IdempotencyStats {
 pub struct IdempotentServer {
     ledger: Ledger,
     policy: InFlightPolicy,
-    keys: Mutex<HashMap<String, Entry>>,
-    done: Condvar,
+    store: IdempotencyStore<ChargeRequest, Result<Charge, PaymentError>>,
     stats: Mutex<IdempotencyStats>,
 }
 
@@ -189,8 +187,7 @@ impl IdempotentServer {
         Self {
             ledger,
             policy,
-            keys: Mutex::new(HashMap::new()),
-            done: Condvar::new(),
+            store: IdempotencyStore::new(),
             stats: Mutex::new(IdempotencyStats::default()),
         }
     }
@@ -206,58 +203,35 @@ impl IdempotentServer {
 
 impl PaymentServer for IdempotentServer {
     fn handle(&self, key: &str, req: &ChargeRequest) -> Result<Charge, PaymentError> {
-        let mut keys = lock(&self.keys);
-        let deadline = match self.policy {
-            InFlightPolicy::Wait(d) => Some(std::time::Instant::now() + d),
+        let wait = match self.policy {
+            InFlightPolicy::Wait(d) => Some(d),
             InFlightPolicy::Reject => None,
         };
-        let mut waited = false;
-        loop {
-            match keys.get(key) {
-                None => break,
-                Some(Entry::Done(first, result)) => {
-                    if first != req {
-                        self.bump(|s| s.key_reuse_rejected += 1);
-                        return Err(PaymentError::KeyReuse(key.into()));
-                    }
-                    let result = result.clone();
-                    self.bump(|s| s.replayed += 1);
-                    return result;
-                }
-                Some(Entry::InFlight(first)) => {
-                    if first != req {
-                        self.bump(|s| s.key_reuse_rejected += 1);
-                        return Err(PaymentError::KeyReuse(key.into()));
-                    }
-                    let Some(deadline) = deadline else {
-                        self.bump(|s| s.in_flight_rejected += 1);
-                        return Err(PaymentError::InFlight(key.into()));
-                    };
-                    let now = std::time::Instant::now();
-                    if now >= deadline {
-                        return Err(PaymentError::WaitTimedOut(key.into()));
-                    }
-                    if !waited {
-                        waited = true;
-                        self.bump(|s| s.waited += 1);
-                    }
-                    keys = self
-                        .done
-                        .wait_timeout(keys, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+        let (claim, waited) = self.store.claim(key, req, wait);
+        if waited {
+            self.bump(|s| s.waited += 1);
+        }
+        match claim {
+            Claim::Replay(result) => {
+                self.bump(|s| s.replayed += 1);
+                result
+            }
+            Claim::KeyReuse => {
+                self.bump(|s| s.key_reuse_rejected += 1);
+                Err(PaymentError::KeyReuse(key.into()))
+            }
+            Claim::InFlight => {
+                self.bump(|s| s.in_flight_rejected += 1);
+                Err(PaymentError::InFlight(key.into()))
+            }
+            Claim::TimedOut => Err(PaymentError::WaitTimedOut(key.into())),
+            Claim::Run => {
+                let result = self.ledger.charge(req);
+                self.bump(|s| s.executed += 1);
+                self.store.finish(key, result.clone());
+                result
             }
         }
-        // First request with this key: claim it, then charge without
-        // holding the map lock (other keys proceed in parallel).
-        keys.insert(key.to_string(), Entry::InFlight(req.clone()));
-        drop(keys);
-        let result = self.ledger.charge(req);
-        self.bump(|s| s.executed += 1);
-        lock(&self.keys).insert(key.to_string(), Entry::Done(req.clone(), result.clone()));
-        self.done.notify_all();
-        result
     }
 
     fn ledger(&self) -> &Ledger {

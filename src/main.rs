@@ -24,6 +24,7 @@ mod rag_cmd;
 mod rag_collection_cmd;
 mod rag_service;
 mod recsys_cmd;
+mod serve_limits;
 
 #[derive(Parser)]
 #[command(
@@ -209,6 +210,13 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 8)]
     max_body_mb: usize,
+    /// Most requests per second on the /v1 routes, all clients together
+    /// (GCRA; over it: 429 with Retry-After). Off by default.
+    #[arg(long, value_name = "PER_SECOND")]
+    rate_limit: Option<f64>,
+    /// Requests let through at once above the steady rate.
+    #[arg(long, default_value_t = 8)]
+    rate_limit_burst: u64,
     /// LoRA adapters to load at start-up, NAME=PATH (PEFT folders); a request picks one by `model`.
     #[arg(long, num_args = 1.., value_parser = parse_lora_module)]
     lora_modules: Vec<(String, PathBuf)>,
@@ -502,6 +510,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let wrap_api = serve_limits::rate_limit(a.rate_limit, a.rate_limit_burst)?;
     let loaded = a.model.load()?;
     let (name, weights, layers) = (
         loaded.name.clone(),
@@ -556,7 +565,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             let names: Vec<&str> = adapters.iter().map(|a| a.name.as_str()).collect();
             tracing::info!("LoRA adapters: {} (at most {} resident)", names.join(", "), a.max_loras);
         }
-        server::http::serve(listener, state, server::http::shutdown_signal()).await?;
+        server::http::serve_with(listener, state, wrap_api, server::http::shutdown_signal()).await?;
         anyhow::Ok(())
     })
 }

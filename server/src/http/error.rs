@@ -32,6 +32,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     /// 429: the queue is full.
     QueueFull { waiting: usize },
+    /// 429: over the request rate limit; retry after this many seconds.
+    RateLimited { retry_after_s: u64 },
     /// 503: the engine is shutting down.
     Unavailable,
     /// 503: every resident LoRA adapter is busy.
@@ -55,7 +57,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::AdaptersBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,6 +105,12 @@ impl ApiError {
                 None,
                 Some("queue_full"),
             ),
+            Self::RateLimited { retry_after_s } => (
+                format!("over the request rate limit; retry after {retry_after_s} s"),
+                "rate_limit_error",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
             Self::Unavailable => (
                 "the server is shutting down".into(),
                 "server_error",
@@ -139,9 +147,14 @@ struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if let Self::QueueFull { .. } | Self::AdaptersBusy(_) = self {
+        let retry_after = match self {
+            Self::QueueFull { .. } | Self::AdaptersBusy(_) => Some(1),
+            Self::RateLimited { retry_after_s } => Some(retry_after_s),
+            _ => None,
+        };
+        if let Some(s) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

@@ -113,6 +113,16 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    router_with(state, |api| api)
+}
+
+/// The router, with `wrap_api` applied to the `/v1` routes (not to
+/// `/health` or `/metrics`): the CLI stacks tower layers there, such as a
+/// rate limit.
+pub fn router_with(
+    state: Arc<AppState>,
+    wrap_api: impl FnOnce(Router<Arc<AppState>>) -> Router<Arc<AppState>>,
+) -> Router {
     let api = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/completions", post(completions))
@@ -132,6 +142,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             require_api_key,
         ));
+    let api = wrap_api(api);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
@@ -150,12 +161,22 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, |api| api, shutdown).await
+}
+
+/// [`serve`] with `wrap_api` applied to the `/v1` routes ([`router_with`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    wrap_api: impl FnOnce(Router<Arc<AppState>>) -> Router<Arc<AppState>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let engine = state.engine.clone();
     let shutdown = async move {
         shutdown.await;
         engine.abort_all();
     };
-    axum::serve(listener, router(state))
+    axum::serve(listener, router_with(state, wrap_api))
         .with_graceful_shutdown(shutdown)
         .await
 }

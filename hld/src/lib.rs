@@ -8,6 +8,7 @@
 //! [`LessonReport`]. [`lessons`] lists them all.
 
 pub mod append_only_log;
+pub mod async_race;
 pub mod autocomplete;
 pub mod blocking_in_async;
 pub mod bloom_filter;
@@ -19,6 +20,7 @@ pub mod count_min_sketch;
 pub mod dedup;
 pub mod dining_philosophers;
 pub mod distributed_lock;
+pub mod event_loop;
 pub mod geo_quadtree;
 pub mod hash;
 pub mod hyperloglog;
@@ -43,6 +45,7 @@ pub mod scaling;
 pub mod semaphore_backpressure;
 pub mod serialization;
 pub mod sharding;
+pub mod task_groups;
 pub mod threads_vs_tasks;
 pub mod ticketmaster;
 pub mod url_shortener;
@@ -112,6 +115,9 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(pubsub),
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
+        lesson!(event_loop),
+        lesson!(task_groups),
+        lesson!(async_race),
     ]
 }
 
@@ -125,7 +131,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 38);
+        assert_eq!(all.len(), 41);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -133,7 +139,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 38);
+        assert_eq!(names.len(), 41);
         assert!(super::find("nope").is_none());
     }
 }

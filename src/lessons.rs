@@ -77,6 +77,9 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "semaphore-backpressure",
             "blocking-in-async",
             "threads-vs-tasks",
+            "event-loop",
+            "task-groups",
+            "async-race",
         ],
     ),
     (

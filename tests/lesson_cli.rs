@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 42] = [
+const LESSONS: [&str; 45] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -50,6 +50,9 @@ const LESSONS: [&str; 42] = [
     "news-feed",
     "youtube-abr",
     "analytics",
+    "event-loop",
+    "task-groups",
+    "async-race",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -323,6 +326,25 @@ fn every_lesson_runs_and_shows_its_effect() {
                     metric(&r, "optimal", "writes") < metric(&r, "naive", "writes"),
                     "{r}"
                 );
+            }
+            "event-loop" => {
+                assert_eq!(metric(&r, "optimal", "results_match"), 1.0, "{r}");
+                assert!(
+                    metric(&r, "optimal", "wasted_polls") < metric(&r, "naive", "wasted_polls"),
+                    "{r}"
+                );
+            }
+            "task-groups" => {
+                assert_eq!(metric(&r, "optimal", "leaked_tasks"), 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "errors_lost"), 0.0, "{r}");
+                assert!(
+                    metric(&r, "naive", "leaked_tasks") + metric(&r, "naive", "errors_lost") > 0.0,
+                    "{r}"
+                );
+            }
+            "async-race" => {
+                assert!(metric(&r, "naive", "lost_updates") > 0.0, "{r}");
+                assert_eq!(metric(&r, "optimal", "lost_updates"), 0.0, "{r}");
             }
             _ => {}
         }

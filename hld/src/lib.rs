@@ -9,6 +9,7 @@
 
 pub mod analytics;
 pub mod append_only_log;
+pub mod async_race;
 pub mod autocomplete;
 pub mod blocking_in_async;
 pub mod bloom_filter;
@@ -20,6 +21,7 @@ pub mod count_min_sketch;
 pub mod dedup;
 pub mod dining_philosophers;
 pub mod distributed_lock;
+pub mod event_loop;
 pub mod geo_quadtree;
 pub mod hash;
 pub mod hyperloglog;
@@ -47,6 +49,7 @@ pub mod semaphore_backpressure;
 pub mod serialization;
 pub mod sharding;
 pub mod sync;
+pub mod task_groups;
 pub mod threads_vs_tasks;
 pub mod ticketmaster;
 pub mod url_shortener;
@@ -122,6 +125,9 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(news_feed),
         lesson!(youtube_abr),
         lesson!(analytics),
+        lesson!(event_loop),
+        lesson!(task_groups),
+        lesson!(async_race),
     ]
 }
 
@@ -135,7 +141,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 42);
+        assert_eq!(all.len(), 45);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -143,7 +149,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 42);
+        assert_eq!(names.len(), 45);
         assert!(super::find("nope").is_none());
     }
 }

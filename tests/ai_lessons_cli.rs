@@ -78,3 +78,25 @@ fn paged_attention_wastes_little_and_fits_more_sequences() {
     );
     assert!(metric(&r, "optimal", "max_abs_diff") < 1e-4, "{r}");
 }
+
+#[test]
+fn continuous_batching_beats_one_at_a_time() {
+    if !real_model_present() {
+        return;
+    }
+    let r = run("continuous-batching");
+    assert!(
+        metric(&r, "optimal", "output_tok_s") > metric(&r, "naive", "output_tok_s"),
+        "{r}"
+    );
+    assert!(
+        metric(&r, "optimal", "ttft_p99_ms") < metric(&r, "naive", "ttft_p99_ms"),
+        "{r}"
+    );
+    // Batching must not change what a request gets.
+    assert_eq!(
+        metric(&r, "optimal", "same_tokens_as_sequential"),
+        metric(&r, "optimal", "requests"),
+        "{r}"
+    );
+}

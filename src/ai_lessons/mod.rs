@@ -8,6 +8,7 @@
 //! They use the real default model and data that `make models` fetches
 //! (`.cache/`); a missing file is an error that says so.
 
+mod continuous_batching;
 mod paged_attention;
 
 use anyhow::Result;
@@ -36,5 +37,5 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![ai_lesson!(paged_attention)]
+    vec![ai_lesson!(paged_attention), ai_lesson!(continuous_batching)]
 }

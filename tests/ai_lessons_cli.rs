@@ -100,3 +100,17 @@ fn continuous_batching_beats_one_at_a_time() {
         "{r}"
     );
 }
+
+#[test]
+fn lora_mixed_batch_is_exact_and_nobody_waits_for_a_merge() {
+    if !real_model_present() {
+        return;
+    }
+    let r = run("lora");
+    assert_eq!(metric(&r, "optimal", "mixed_equals_alone"), 1.0, "{r}");
+    assert!(
+        metric(&r, "optimal", "ttft_p99_ms") < metric(&r, "naive", "ttft_p99_ms"),
+        "{r}"
+    );
+    assert!(metric(&r, "naive", "merges") > 0.0, "{r}");
+}

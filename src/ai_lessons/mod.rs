@@ -9,6 +9,7 @@
 //! (`.cache/`); a missing file is an error that says so.
 
 mod continuous_batching;
+mod lora;
 mod paged_attention;
 
 use anyhow::Result;
@@ -37,5 +38,9 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![ai_lesson!(paged_attention), ai_lesson!(continuous_batching)]
+    vec![
+        ai_lesson!(paged_attention),
+        ai_lesson!(continuous_batching),
+        ai_lesson!(lora),
+    ]
 }

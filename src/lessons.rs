@@ -133,7 +133,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-        &[],
+        &["paged-attention", "continuous-batching", "lora"],
     ),
     (
         "Interview questions",

@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use models::lora::{parse_targets, LoraAdapter};
-use std::path::PathBuf;
+use models::lora::{parse_targets, LoraAdapter, Target};
+use models::LlamaConfig;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum LoraCommand {
@@ -77,11 +78,15 @@ fn synth(a: LoraSynthArgs) -> Result<()> {
     }
     let targets = parse_targets(&a.targets)?;
     let loaded = models::load(&a.model, Default::default())?;
-    let mut adapter = LoraAdapter::synth(&loaded.model.cfg, a.rank, &targets, a.seed)?;
-    if let Some(alpha) = a.alpha {
-        adapter.set_alpha(alpha);
-    }
-    adapter.save(&a.out, &loaded.model.cfg, &loaded.name)?;
+    let adapter = write_synth(
+        &loaded.model.cfg,
+        &loaded.name,
+        a.rank,
+        a.alpha,
+        &targets,
+        a.seed,
+        &a.out,
+    )?;
     println!(
         "wrote a rank-{} adapter for {} ({}; {:.1} KiB) to {}",
         a.rank,
@@ -91,6 +96,26 @@ fn synth(a: LoraSynthArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Writes a random adapter of `rank` on `targets` for a model of `cfg` to
+/// the PEFT folder `out` (what `sdlab lora synth` does once the model is
+/// loaded) and returns it.
+pub(crate) fn write_synth(
+    cfg: &LlamaConfig,
+    base_name: &str,
+    rank: usize,
+    alpha: Option<f32>,
+    targets: &[Target],
+    seed: u64,
+    out: &Path,
+) -> Result<LoraAdapter> {
+    let mut adapter = LoraAdapter::synth(cfg, rank, targets, seed)?;
+    if let Some(alpha) = alpha {
+        adapter.set_alpha(alpha);
+    }
+    adapter.save(out, cfg, base_name)?;
+    Ok(adapter)
 }
 
 fn train(a: LoraTrainArgs) -> Result<()> {

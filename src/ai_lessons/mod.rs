@@ -8,6 +8,10 @@
 //! They use the real default model and data that `make models` fetches
 //! (`.cache/`); a missing file is an error that says so.
 
+mod continuous_batching;
+mod lora;
+mod paged_attention;
+
 use anyhow::Result;
 use hld::LessonReport;
 
@@ -34,5 +38,9 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![]
+    vec![
+        ai_lesson!(paged_attention),
+        ai_lesson!(continuous_batching),
+        ai_lesson!(lora),
+    ]
 }

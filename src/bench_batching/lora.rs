@@ -17,7 +17,7 @@
 //! Merging re-quantizes quantized weights to their own format, as
 //! llama.cpp's `export-lora` does.
 
-use super::modes::{run_continuous_with, ModeRun};
+use super::modes::{run_continuous_with, ContinuousLimits, ModeRun};
 use super::workload::Request;
 use super::Setup;
 use crate::latency::Stats;
@@ -66,7 +66,7 @@ pub struct LoraReport {
 }
 
 /// Runs every row on `base` (cloned per row) over the workload as a burst.
-pub fn run(
+pub(super) fn run(
     setup: &Setup,
     base: &Llama,
     tokenizer: &TokenizerInfo,
@@ -119,31 +119,7 @@ pub fn run(
                 row(mode, 1, &r, merge_s)
             }
             _ => {
-                let started = Instant::now();
-                let mut all = ModeRun {
-                    timings: Vec::new(),
-                    outputs: Vec::new(),
-                    kv: super::modes::KvAccount::default(),
-                    started,
-                };
-                let mut merge_total = 0.0;
-                for (k, adapter) in adapters.iter().enumerate() {
-                    let group: Vec<Request> = burst.iter().skip(k).step_by(n).cloned().collect();
-                    if group.is_empty() {
-                        continue;
-                    }
-                    let t = Instant::now();
-                    let mut merged = base.clone();
-                    merged.merge_lora(&adapter.weights)?;
-                    merge_total += t.elapsed().as_secs_f64();
-                    let r = run(merged, &group, &[])?;
-                    // Every request arrived with the burst, before the first merge.
-                    all.timings
-                        .extend(r.timings.into_iter().map(|t| super::workload::Timing {
-                            arrival: started,
-                            ..t
-                        }));
-                }
+                let (all, merge_total) = merged_swap(base, tokenizer, &burst, &adapters, &limits)?;
                 row(mode, n, &all, merge_total)
             }
         })
@@ -199,6 +175,52 @@ pub fn run(
         rows,
         ratios,
     })
+}
+
+/// The naive multi-adapter server: for each adapter in turn, merge it into a
+/// copy of `base` and serve its requests (request i belongs to adapter
+/// i mod N) on the continuous engine. Every request counts from the start,
+/// so later adapters' requests pay for the earlier merges and groups.
+/// Returns the run (in workload order) and the seconds spent merging.
+pub(crate) fn merged_swap(
+    base: &Llama,
+    tokenizer: &TokenizerInfo,
+    burst: &[Request],
+    adapters: &[Arc<ActiveAdapter>],
+    limits: &ContinuousLimits,
+) -> Result<(ModeRun, f64)> {
+    let n = adapters.len();
+    let started = Instant::now();
+    let mut slots: Vec<Option<(super::workload::Timing, Vec<u32>)>> = vec![None; burst.len()];
+    let mut merge_total = 0.0;
+    for (k, adapter) in adapters.iter().enumerate() {
+        let ids: Vec<usize> = (k..burst.len()).step_by(n).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let group: Vec<Request> = ids.iter().map(|&i| burst[i].clone()).collect();
+        let t = Instant::now();
+        let mut merged = base.clone();
+        merged.merge_lora(&adapter.weights)?;
+        merge_total += t.elapsed().as_secs_f64();
+        let r = run_continuous_with(merged, tokenizer.clone(), &group, &[], limits)?;
+        for ((&i, timing), out) in ids.iter().zip(r.timings).zip(r.outputs) {
+            // Every request arrived with the burst, before the first merge.
+            let timing = super::workload::Timing {
+                arrival: started,
+                ..timing
+            };
+            slots[i] = Some((timing, out));
+        }
+    }
+    let (timings, outputs) = slots.into_iter().flatten().unzip();
+    let all = ModeRun {
+        timings,
+        outputs,
+        kv: super::modes::KvAccount::default(),
+        started,
+    };
+    Ok((all, merge_total))
 }
 
 fn row(mode: &'static str, adapters: usize, run: &ModeRun, merge_s: f64) -> LoraRow {

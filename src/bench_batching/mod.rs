@@ -12,10 +12,10 @@
 //! over the concurrency limit (all requests arriving at once) and draws
 //! throughput and latency against it.
 
-mod lora;
-mod modes;
+pub(crate) mod lora;
+pub(crate) mod modes;
 mod plot;
-mod workload;
+pub(crate) mod workload;
 
 use crate::latency::Stats;
 use anyhow::{bail, Result};

@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 38] = [
+const LESSONS: [&str; 40] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -46,6 +46,8 @@ const LESSONS: [&str; 38] = [
     "pubsub",
     "metrics-pipeline",
     "web-crawler",
+    "mixture-of-experts",
+    "tree-of-thoughts",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -281,6 +283,20 @@ fn every_lesson_runs_and_shows_its_effect() {
                 assert_eq!(metric(&r, "optimal", "results_match"), 1.0, "{r}");
                 assert!(
                     metric(&r, "optimal", "writes") < metric(&r, "naive", "writes"),
+                    "{r}"
+                );
+            }
+            "mixture-of-experts" => {
+                // Same total parameters, a fraction of the FLOPs per token.
+                assert!(
+                    metric(&r, "optimal", "flops_per_token")
+                        < metric(&r, "naive", "flops_per_token"),
+                    "{r}"
+                );
+            }
+            "tree-of-thoughts" => {
+                assert!(
+                    metric(&r, "optimal", "solved") > metric(&r, "naive", "solved"),
                     "{r}"
                 );
             }

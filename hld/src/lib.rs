@@ -31,6 +31,7 @@ pub mod load_balancing;
 pub mod load_shedding;
 pub mod lru_cache;
 pub mod metrics_pipeline;
+pub mod mixture_of_experts;
 pub mod payments;
 pub mod pubsub;
 pub mod race_condition;
@@ -45,6 +46,7 @@ pub mod serialization;
 pub mod sharding;
 pub mod threads_vs_tasks;
 pub mod ticketmaster;
+pub mod tree_of_thoughts;
 pub mod url_shortener;
 pub mod web_crawler;
 pub mod workload;
@@ -112,6 +114,8 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(pubsub),
         lesson!(metrics_pipeline),
         lesson!(web_crawler),
+        lesson!(mixture_of_experts),
+        lesson!(tree_of_thoughts),
     ]
 }
 
@@ -125,7 +129,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 38);
+        assert_eq!(all.len(), 40);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -133,7 +137,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 38);
+        assert_eq!(names.len(), 40);
         assert!(super::find("nope").is_none());
     }
 }

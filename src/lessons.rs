@@ -130,7 +130,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-        &["mixture-of-experts", "tree-of-thoughts"],
+        &["mixture-of-experts", "tree-of-thoughts", "agent-graph"],
     ),
     (
         "Interview questions",

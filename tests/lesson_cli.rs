@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 40] = [
+const LESSONS: [&str; 41] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -48,6 +48,7 @@ const LESSONS: [&str; 40] = [
     "web-crawler",
     "mixture-of-experts",
     "tree-of-thoughts",
+    "agent-graph",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -297,6 +298,14 @@ fn every_lesson_runs_and_shows_its_effect() {
             "tree-of-thoughts" => {
                 assert!(
                     metric(&r, "optimal", "solved") > metric(&r, "naive", "solved"),
+                    "{r}"
+                );
+            }
+            "agent-graph" => {
+                assert_eq!(metric(&r, "optimal", "runaway_loops"), 0.0, "{r}");
+                assert!(
+                    metric(&r, "optimal", "completed_tasks")
+                        > metric(&r, "naive", "completed_tasks"),
                     "{r}"
                 );
             }

@@ -7,6 +7,7 @@
 //! same job where one exists, and a `lesson(seed)` function returning a
 //! [`LessonReport`]. [`lessons`] lists them all.
 
+pub mod agent_graph;
 pub mod append_only_log;
 pub mod autocomplete;
 pub mod blocking_in_async;
@@ -116,6 +117,7 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(web_crawler),
         lesson!(mixture_of_experts),
         lesson!(tree_of_thoughts),
+        lesson!(agent_graph),
     ]
 }
 
@@ -129,7 +131,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 40);
+        assert_eq!(all.len(), 41);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -137,7 +139,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 40);
+        assert_eq!(names.len(), 41);
         assert!(super::find("nope").is_none());
     }
 }

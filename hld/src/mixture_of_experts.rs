@@ -22,10 +22,11 @@
 //! expert is the straggler; `max_expert_load_ratio` is its load over the
 //! mean, and the Switch Transformer auxiliary loss `E * sum_i f_i * P_i`,
 //! 1.0 when balanced, is what training adds to push the router to even
-//! out), and *capacity*: with a fixed buffer of `capacity_factor * tokens
-//! * k / E` slots per expert (static shapes on TPUs and in expert
-//! parallelism), assignments past it are dropped (the token passes on the
-//! residual only); a bigger factor drops fewer and wastes more padding.
+//! out), and *capacity*: with a fixed buffer of
+//! `capacity_factor * tokens * k / E` slots per expert (static shapes on
+//! TPUs and in expert parallelism), assignments past it are dropped (the
+//! token passes on the residual only); a bigger factor drops fewer and
+//! wastes more padding.
 //! All the weights are still in memory: MoE saves FLOPs, not bytes.
 //!
 //! **What is real and what is synthetic.** The matmuls, routing, top-k,
@@ -162,6 +163,17 @@ pub struct MoeOutput {
     pub aux_loss: f64,
 }
 
+/// The router's decisions for a batch.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Per token: `(expert, renormalised weight)`, best first.
+    pub choices: Vec<Vec<(usize, f32)>>,
+    /// Mean router probability of each expert over the batch.
+    pub mean_p: Vec<f64>,
+    /// FLOPs of the router matmul.
+    pub flops: u64,
+}
+
 /// A mixture-of-experts layer: a router (`d_model x E`) and `E` experts.
 #[derive(Debug, Clone)]
 pub struct Moe {
@@ -207,7 +219,7 @@ impl Moe {
 
     /// Each token's chosen experts and renormalised weights, and the mean
     /// router probability of each expert.
-    pub fn route(&self, x: &[f32], tokens: usize) -> (Vec<Vec<(usize, f32)>>, Vec<f64>, u64) {
+    pub fn route(&self, x: &[f32], tokens: usize) -> Routing {
         let e = self.experts.len();
         let mut logits = vec![0.0; tokens * e];
         let flops = matmul(x, tokens, self.d_model(), &self.router, e, &mut logits);
@@ -224,7 +236,11 @@ impl Moe {
                 chosen.into_iter().map(|i| (i, g[i] / sum)).collect()
             })
             .collect();
-        (choices, mean_p, flops)
+        Routing {
+            choices,
+            mean_p,
+            flops,
+        }
     }
 
     /// The layer over `tokens` rows of `x`. `capacity_factor`: None is
@@ -233,7 +249,11 @@ impl Moe {
     /// order, and drops the rest.
     pub fn forward(&self, x: &[f32], tokens: usize, capacity_factor: Option<f64>) -> MoeOutput {
         let (d, e) = (self.d_model(), self.experts.len());
-        let (choices, mean_p, mut flops) = self.route(x, tokens);
+        let Routing {
+            choices,
+            mean_p,
+            mut flops,
+        } = self.route(x, tokens);
         let mut groups: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
         for (t, c) in choices.iter().enumerate() {
             for &(i, w) in c {
@@ -486,7 +506,7 @@ mod tests {
         let batched = moe.forward(&x, 20, None);
         for t in 0..20 {
             let xt = &x[t * 16..(t + 1) * 16];
-            let (choice, _, _) = moe.route(xt, 1);
+            let choice = moe.route(xt, 1).choices;
             let mut want = vec![0.0f32; 16];
             for &(i, w) in &choice[0] {
                 let (y, _) = moe.experts[i].forward(xt, 1);

@@ -133,7 +133,11 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
+<<<<<<< HEAD
         &["paged-attention", "continuous-batching", "lora"],
+=======
+        &["mixture-of-experts", "tree-of-thoughts", "agent-graph"],
+>>>>>>> wip-hld8
     ),
     (
         "Interview questions",

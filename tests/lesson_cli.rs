@@ -7,7 +7,7 @@ use common::sdlab;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LESSONS: [&str; 45] = [
+const LESSONS: [&str; 48] = [
     "consistent-hashing",
     "bloom-filter",
     "hyperloglog",
@@ -53,6 +53,9 @@ const LESSONS: [&str; 45] = [
     "event-loop",
     "task-groups",
     "async-race",
+    "mixture-of-experts",
+    "tree-of-thoughts",
+    "agent-graph",
 ];
 
 fn json(args: &[&str]) -> Value {
@@ -345,6 +348,28 @@ fn every_lesson_runs_and_shows_its_effect() {
             "async-race" => {
                 assert!(metric(&r, "naive", "lost_updates") > 0.0, "{r}");
                 assert_eq!(metric(&r, "optimal", "lost_updates"), 0.0, "{r}");
+            }
+            "mixture-of-experts" => {
+                // Same total parameters, a fraction of the FLOPs per token.
+                assert!(
+                    metric(&r, "optimal", "flops_per_token")
+                        < metric(&r, "naive", "flops_per_token"),
+                    "{r}"
+                );
+            }
+            "tree-of-thoughts" => {
+                assert!(
+                    metric(&r, "optimal", "solved") > metric(&r, "naive", "solved"),
+                    "{r}"
+                );
+            }
+            "agent-graph" => {
+                assert_eq!(metric(&r, "optimal", "runaway_loops"), 0.0, "{r}");
+                assert!(
+                    metric(&r, "optimal", "completed_tasks")
+                        > metric(&r, "naive", "completed_tasks"),
+                    "{r}"
+                );
             }
             _ => {}
         }

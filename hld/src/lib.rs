@@ -7,6 +7,7 @@
 //! same job where one exists, and a `lesson(seed)` function returning a
 //! [`LessonReport`]. [`lessons`] lists them all.
 
+pub mod agent_graph;
 pub mod analytics;
 pub mod append_only_log;
 pub mod async_race;
@@ -35,6 +36,7 @@ pub mod load_balancing;
 pub mod load_shedding;
 pub mod lru_cache;
 pub mod metrics_pipeline;
+pub mod mixture_of_experts;
 pub mod news_feed;
 pub mod payments;
 pub mod pubsub;
@@ -52,6 +54,7 @@ pub mod sync;
 pub mod task_groups;
 pub mod threads_vs_tasks;
 pub mod ticketmaster;
+pub mod tree_of_thoughts;
 pub mod url_shortener;
 pub mod web_crawler;
 pub mod whatsapp;
@@ -128,6 +131,9 @@ pub fn lessons() -> Vec<Lesson> {
         lesson!(event_loop),
         lesson!(task_groups),
         lesson!(async_race),
+        lesson!(mixture_of_experts),
+        lesson!(tree_of_thoughts),
+        lesson!(agent_graph),
     ]
 }
 
@@ -141,7 +147,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let all = super::lessons();
-        assert_eq!(all.len(), 45);
+        assert_eq!(all.len(), 48);
         for l in &all {
             assert_eq!(super::find(l.name).map(|f| f.name), Some(l.name));
             assert!(!l.title.is_empty());
@@ -149,7 +155,7 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|l| l.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 45);
+        assert_eq!(names.len(), 48);
         assert!(super::find("nope").is_none());
     }
 }

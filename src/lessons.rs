@@ -133,11 +133,14 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-<<<<<<< HEAD
-        &["paged-attention", "continuous-batching", "lora"],
-=======
-        &["mixture-of-experts", "tree-of-thoughts", "agent-graph"],
->>>>>>> wip-hld8
+        &[
+            "continuous-batching",
+            "paged-attention",
+            "lora",
+            "mixture-of-experts",
+            "tree-of-thoughts",
+            "agent-graph",
+        ],
     ),
     (
         "Interview questions",
@@ -149,8 +152,8 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "metrics-pipeline",
             "news-feed",
             "dedup",
-            "leaderboard",
             "youtube-abr",
+            "leaderboard",
             "ticketmaster",
             "analytics",
             "count-min-sketch",

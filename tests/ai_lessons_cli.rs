@@ -1,0 +1,73 @@
+//! The AI-serving lessons end to end: each runs from the CLI on the real
+//! default model and shows the effect it is about. Needs the model (`make
+//! models`): skipped with a message when it is missing, unless
+//! `SDLAB_REQUIRE_REAL_MODELS=1`, which turns the skip into a failure.
+
+mod common;
+use common::sdlab;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn real_model_present() -> bool {
+    let present = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .is_file();
+    if !present {
+        assert!(
+            std::env::var("SDLAB_REQUIRE_REAL_MODELS").map_or(true, |v| v != "1"),
+            "the default model is missing: run `make models`"
+        );
+        eprintln!("skipping: the default model is missing (run `make models`)");
+    }
+    present
+}
+
+/// Runs `sdlab lesson NAME --json` and checks the report's shape.
+fn run(name: &str) -> Value {
+    let t = Instant::now();
+    let out = sdlab(&["lesson", name, "--json", "--seed", "7"]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{name}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(90), "{name} took {took:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(r["lesson"], name);
+    assert!(r["notes"].as_str().is_some_and(|n| n.len() > 40), "{r}");
+    for side in ["naive", "optimal"] {
+        let m = r[side].as_object().unwrap();
+        assert!(!m.is_empty(), "{name}: {side} is empty");
+        assert!(
+            m.values().all(|v| v.as_f64().is_some_and(f64::is_finite)),
+            "{name}: {r}"
+        );
+    }
+    r
+}
+
+fn metric(r: &Value, side: &str, name: &str) -> f64 {
+    r[side][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{} lacks {side}.{name}: {r}", r["lesson"]))
+}
+
+#[test]
+fn kv_cache_gives_the_same_tokens_and_flat_step_time() {
+    if !real_model_present() {
+        return;
+    }
+    let r = run("kv-cache");
+    assert_eq!(metric(&r, "naive", "same_tokens"), 1.0, "{r}");
+    assert_eq!(metric(&r, "optimal", "same_tokens"), 1.0, "{r}");
+    assert!(
+        metric(&r, "optimal", "ms_per_token_at_256") < metric(&r, "naive", "ms_per_token_at_256"),
+        "{r}"
+    );
+    assert!(
+        metric(&r, "optimal", "tokens_computed") < metric(&r, "naive", "tokens_computed"),
+        "{r}"
+    );
+}

@@ -71,3 +71,27 @@ fn kv_cache_gives_the_same_tokens_and_flat_step_time() {
         "{r}"
     );
 }
+
+#[test]
+fn sampling_varies_only_when_it_samples_and_truncation_cuts_the_tail() {
+    if !real_model_present() {
+        return;
+    }
+    let r = run("sampling");
+    assert_eq!(metric(&r, "naive", "distinct_outputs_greedy"), 1.0, "{r}");
+    assert!(metric(&r, "naive", "distinct_outputs") > 1.0, "{r}");
+    assert!(metric(&r, "optimal", "distinct_outputs") > 1.0, "{r}");
+    assert_eq!(
+        metric(&r, "optimal", "tail_mass_beyond_rank_100"),
+        0.0,
+        "{r}"
+    );
+    assert!(
+        metric(&r, "naive", "tail_mass_beyond_rank_100") > 0.0,
+        "{r}"
+    );
+    assert!(
+        metric(&r, "optimal", "entropy_bits") < metric(&r, "naive", "entropy_bits"),
+        "{r}"
+    );
+}

@@ -10,6 +10,7 @@
 
 mod decode_loop;
 mod kv_cache;
+mod sampling;
 
 use anyhow::Result;
 use hld::LessonReport;
@@ -37,5 +38,5 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![ai_lesson!(kv_cache)]
+    vec![ai_lesson!(kv_cache), ai_lesson!(sampling)]
 }

@@ -130,7 +130,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-        &["kv-cache", "sampling"],
+        &["kv-cache", "sampling", "quantization"],
     ),
     (
         "Interview questions",

@@ -95,3 +95,28 @@ fn sampling_varies_only_when_it_samples_and_truncation_cuts_the_tail() {
         "{r}"
     );
 }
+
+#[test]
+fn quantization_shrinks_the_weights_and_keeps_the_predictions() {
+    if !real_model_present() {
+        return;
+    }
+    let r = run("quantization");
+    let f32_mb = metric(&r, "naive", "weights_mb");
+    for q in ["q8_0", "q4_1"] {
+        assert!(
+            metric(&r, "optimal", &format!("weights_mb_{q}")) < f32_mb,
+            "{r}"
+        );
+        assert!(
+            metric(&r, "optimal", &format!("top1_agreement_{q}")) > 0.8,
+            "{r}"
+        );
+        let err = metric(&r, "optimal", &format!("max_abs_logit_error_{q}"));
+        assert!(err.is_finite() && err > 0.0, "{r}");
+    }
+    assert!(
+        metric(&r, "optimal", "weights_mb_q4_1") < metric(&r, "optimal", "weights_mb_q8_0"),
+        "{r}"
+    );
+}

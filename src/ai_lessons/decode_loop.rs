@@ -122,12 +122,18 @@ pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
 /// scratch folder and loaded, for unit tests that need no download.
 #[cfg(test)]
 pub fn tiny_model(seed: u64) -> Llama {
+    synth_model("tiny", seed)
+}
+
+/// A synthetic model of `preset` (`tiny` or `small`), for unit tests.
+#[cfg(test)]
+pub fn synth_model(preset: &str, seed: u64) -> Llama {
     let dir = std::env::temp_dir().join(format!(
-        "sdlab-ai-lessons-{}-{seed}-{:?}",
+        "sdlab-ai-lessons-{}-{preset}-{seed}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
-    let preset = models::synth::SynthPreset::by_name("tiny").unwrap();
+    let preset = models::synth::SynthPreset::by_name(preset).unwrap();
     models::synth::write_synthetic_model(&dir, &preset, seed).unwrap();
     let loaded = models::load(dir.to_str().unwrap(), LoadOptions::default()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);

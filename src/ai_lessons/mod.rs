@@ -10,6 +10,7 @@
 
 mod decode_loop;
 mod kv_cache;
+mod quantization;
 mod sampling;
 
 use anyhow::Result;
@@ -38,5 +39,9 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![ai_lesson!(kv_cache), ai_lesson!(sampling)]
+    vec![
+        ai_lesson!(kv_cache),
+        ai_lesson!(sampling),
+        ai_lesson!(quantization),
+    ]
 }

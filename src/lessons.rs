@@ -130,7 +130,12 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-        &["kv-cache", "sampling", "quantization"],
+        &[
+            "kv-cache",
+            "sampling",
+            "quantization",
+            "speculative-decoding",
+        ],
     ),
     (
         "Interview questions",

@@ -120,3 +120,18 @@ fn quantization_shrinks_the_weights_and_keeps_the_predictions() {
         "{r}"
     );
 }
+
+#[test]
+fn speculative_decoding_keeps_the_output_and_saves_passes() {
+    if !real_model_present() {
+        return;
+    }
+    let r = run("speculative-decoding");
+    assert_eq!(metric(&r, "naive", "same_output"), 1.0, "{r}");
+    assert_eq!(metric(&r, "optimal", "same_output"), 1.0, "{r}");
+    assert!(metric(&r, "optimal", "acceptance_rate") > 0.0, "{r}");
+    assert!(
+        metric(&r, "optimal", "forward_passes") < metric(&r, "naive", "forward_passes"),
+        "{r}"
+    );
+}

@@ -50,7 +50,6 @@ impl Seq {
     }
 
     /// Positions with valid K/V.
-    #[allow(dead_code)] // used by speculative decoding
     pub fn len(&self) -> usize {
         self.len
     }
@@ -104,7 +103,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Plain greedy decoding with the KV cache: one prefill, then one forward
 /// pass per new token. Returns the `n` new tokens.
-#[allow(dead_code)] // used by speculative decoding
 pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
     let mut seq = Seq::new(model, prompt.len() + n);
     let mut next = argmax(&seq.feed(model, prompt, false)?);

@@ -12,6 +12,7 @@ mod decode_loop;
 mod kv_cache;
 mod quantization;
 mod sampling;
+mod speculative_decoding;
 
 use anyhow::Result;
 use hld::LessonReport;
@@ -43,5 +44,6 @@ pub fn lessons() -> Vec<AiLesson> {
         ai_lesson!(kv_cache),
         ai_lesson!(sampling),
         ai_lesson!(quantization),
+        ai_lesson!(speculative_decoding),
     ]
 }

@@ -143,8 +143,10 @@ pub fn speculative(
         stats.accepted += accepted;
         ctx.extend(&d[..accepted]);
         next = argmax(&logits[accepted * vocab..][..vocab]);
-        // Roll back the rejected drafts' K/V.
+        // Roll back the rejected drafts' K/V: the cache now holds exactly
+        // the accepted context (`next` is fed by the next pass).
         seq.truncate(ctx.len());
+        debug_assert_eq!(seq.len(), ctx.len());
     }
     Ok((ctx[prompt.len()..].to_vec(), stats, seq))
 }

@@ -229,8 +229,8 @@ pub fn lesson(_seed: u64) -> Result<LessonReport> {
          The f32 reference is the shipped Q4_1 file dequantized (no f32 checkpoint is shipped), \
          so Q8_0 and Q4_0 re-round it while the Q4_1 row is the file itself, its error only from \
          the kernel's 8-bit activations. Q4_0 runs on candle's QMatMul, the others on sdlab's \
-         kernels: it is the smallest but the slowest here, because bytes saved only \
-         pay off on a kernel built for the format. Sized down: one paragraph, {DECODE_STEPS} decode \
+         kernels, so its speed says as much about the kernel as about the bytes: \
+         fewer bytes pay off only on a kernel built for the format. Sized down: one paragraph, {DECODE_STEPS} decode \
          steps per format.",
         tokens.len(),
         summary.join("; "),

@@ -134,9 +134,13 @@ const MODULES: &[(&str, &str, &[&str])] = &[
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
         &[
+            "kv-cache",
             "continuous-batching",
             "paged-attention",
             "lora",
+            "sampling",
+            "quantization",
+            "speculative-decoding",
             "mixture-of-experts",
             "tree-of-thoughts",
             "agent-graph",

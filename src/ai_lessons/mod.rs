@@ -9,8 +9,13 @@
 //! (`.cache/`); a missing file is an error that says so.
 
 mod continuous_batching;
+mod decode_loop;
+mod kv_cache;
 mod lora;
 mod paged_attention;
+mod quantization;
+mod sampling;
+mod speculative_decoding;
 
 use anyhow::Result;
 use hld::LessonReport;
@@ -42,5 +47,9 @@ pub fn lessons() -> Vec<AiLesson> {
         ai_lesson!(paged_attention),
         ai_lesson!(continuous_batching),
         ai_lesson!(lora),
+        ai_lesson!(kv_cache),
+        ai_lesson!(sampling),
+        ai_lesson!(quantization),
+        ai_lesson!(speculative_decoding),
     ]
 }

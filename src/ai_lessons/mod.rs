@@ -8,6 +8,8 @@
 //! They use the real default model and data that `make models` fetches
 //! (`.cache/`); a missing file is an error that says so.
 
+mod hnsw;
+
 use anyhow::Result;
 use hld::LessonReport;
 
@@ -34,5 +36,5 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![]
+    vec![ai_lesson!(hnsw)]
 }

@@ -130,7 +130,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-        &["hnsw"],
+        &["hnsw", "semantic-cache"],
     ),
     (
         "Interview questions",

@@ -77,3 +77,22 @@ fn hnsw_keeps_recall_and_beats_the_flat_scan() {
         "{r}"
     );
 }
+
+#[test]
+fn semantic_cache_hits_paraphrases_that_exact_match_misses() {
+    if !common::minilm_present() {
+        return;
+    }
+    for seed in [7, 8] {
+        let r = run("semantic-cache", seed);
+        assert!(
+            metric(&r, "optimal", "hit_rate") > metric(&r, "naive", "hit_rate"),
+            "{r}"
+        );
+        assert_eq!(metric(&r, "naive", "wrong_hits"), 0.0, "{r}");
+        assert!(
+            metric(&r, "optimal", "hit_rate") <= metric(&r, "optimal", "ideal_hit_rate"),
+            "{r}"
+        );
+    }
+}

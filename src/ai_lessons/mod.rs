@@ -9,6 +9,7 @@
 //! (`.cache/`); a missing file is an error that says so.
 
 mod hnsw;
+mod semantic_cache;
 
 use anyhow::Result;
 use hld::LessonReport;
@@ -36,5 +37,5 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![ai_lesson!(hnsw)]
+    vec![ai_lesson!(hnsw), ai_lesson!(semantic_cache)]
 }

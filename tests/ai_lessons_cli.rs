@@ -96,3 +96,16 @@ fn semantic_cache_hits_paraphrases_that_exact_match_misses() {
         );
     }
 }
+
+#[test]
+fn structure_aware_chunks_find_answers_at_least_as_often() {
+    if !common::minilm_present() || !cached("data/python3.11-doc/faq") {
+        return;
+    }
+    let r = run("rag-chunking", 7);
+    assert!(
+        metric(&r, "optimal", "hit_at_5") >= metric(&r, "naive", "hit_at_5"),
+        "{r}"
+    );
+    assert!(metric(&r, "optimal", "chunks") > 0.0, "{r}");
+}

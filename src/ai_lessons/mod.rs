@@ -9,6 +9,7 @@
 //! (`.cache/`); a missing file is an error that says so.
 
 mod hnsw;
+mod rag_chunking;
 mod semantic_cache;
 
 use anyhow::Result;
@@ -37,5 +38,9 @@ macro_rules! ai_lesson {
 
 /// Every AI lesson.
 pub fn lessons() -> Vec<AiLesson> {
-    vec![ai_lesson!(hnsw), ai_lesson!(semantic_cache)]
+    vec![
+        ai_lesson!(hnsw),
+        ai_lesson!(semantic_cache),
+        ai_lesson!(rag_chunking),
+    ]
 }

@@ -130,7 +130,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "AI serving",
         "sdlab's own engine, caches, index and models, small enough to watch",
-        &["hnsw", "semantic-cache", "rag-chunking"],
+        &["hnsw", "semantic-cache", "rag-chunking", "two-tower"],
     ),
     (
         "Interview questions",

@@ -109,3 +109,17 @@ fn structure_aware_chunks_find_answers_at_least_as_often() {
     );
     assert!(metric(&r, "optimal", "chunks") > 0.0, "{r}");
 }
+
+#[test]
+fn two_tower_beats_popularity() {
+    if !cached("data/dslabs/Rdata.rdb") {
+        return;
+    }
+    for seed in [7, 8] {
+        let r = run("two-tower", seed);
+        assert!(
+            metric(&r, "optimal", "hr_at_10") > metric(&r, "naive", "hr_at_10"),
+            "{r}"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 mod hnsw;
 mod rag_chunking;
 mod semantic_cache;
+mod two_tower;
 
 use anyhow::Result;
 use hld::LessonReport;
@@ -42,5 +43,6 @@ pub fn lessons() -> Vec<AiLesson> {
         ai_lesson!(hnsw),
         ai_lesson!(semantic_cache),
         ai_lesson!(rag_chunking),
+        ai_lesson!(two_tower),
     ]
 }

@@ -214,6 +214,21 @@ pub fn query(a: QueryArgs) -> Result<()> {
     Ok(())
 }
 
+/// The chunkers `specs` name ([`rag::chunk::from_spec`]), given the
+/// embedder (semantic chunking) and the model folder whose tokenizer token
+/// chunking counts with.
+pub fn chunkers(
+    specs: &[String],
+    emb: &Arc<dyn Embedder>,
+    model_dir: &Path,
+) -> Result<Vec<Box<dyn rag::chunk::Chunker>>> {
+    let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).ok();
+    Ok(specs
+        .iter()
+        .map(|spec| rag::chunk::from_spec(spec, Some(emb.clone()), tokenizer.as_ref()))
+        .collect::<rag::Result<Vec<_>>>()?)
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
     if a.dataset != "python-faq" {
         bail!("unknown dataset {:?} (python-faq)", a.dataset);
@@ -222,12 +237,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let (docs, questions) = rag::faq::load(&doc_root)?;
     let emb = embedder(&a.model)?;
     let model_dir = a.model.clone().unwrap_or_else(models::bert::default_path);
-    let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).ok();
-    let chunkers = a
-        .chunkers
-        .iter()
-        .map(|spec| rag::chunk::from_spec(spec, Some(emb.clone()), tokenizer.as_ref()))
-        .collect::<rag::Result<Vec<_>>>()?;
+    let chunkers = chunkers(&a.chunkers, &emb, &model_dir)?;
     let started = std::time::Instant::now();
     let report = rag::faq_eval::run(&docs, &questions, &chunkers, emb.as_ref(), |m| {
         eprintln!("{m}")

@@ -30,7 +30,7 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    fn load(&self) -> Result<(MovieLens, Split)> {
+    pub(crate) fn load(&self) -> Result<(MovieLens, Split)> {
         let ml = match &self.data {
             Some(d) => MovieLens::load(d)?,
             None => MovieLens::load_default()?,

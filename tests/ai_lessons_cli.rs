@@ -1,7 +1,7 @@
 //! The AI-serving lessons end to end: each runs through `sdlab lesson NAME
-//! --json` on the real default model, prints the report's shape, and shows
-//! the effect it is about. Without the model (`make models`) they skip, or
-//! fail under `SDLAB_REQUIRE_REAL_MODELS=1`.
+//! --json` on the real default model and data, prints the report's shape,
+//! and shows the effect it is about. Without them (`make models`) they skip,
+//! or fail under `SDLAB_REQUIRE_REAL_MODELS=1`.
 
 mod common;
 use common::sdlab;
@@ -30,10 +30,10 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Runs a lesson, checks the report's shape and that it took under a minute
 /// and a half (it takes 5 to 30 s alone on two cores).
-fn run(name: &str) -> Value {
+fn run_seed(name: &str, seed: u64) -> Value {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
-    let out = sdlab(&["lesson", name, "--json", "--seed", "7"]);
+    let out = sdlab(&["lesson", name, "--json", "--seed", &seed.to_string()]);
     let took = t.elapsed();
     assert!(
         out.status.success(),
@@ -57,6 +57,26 @@ fn run(name: &str) -> Value {
         );
     }
     r
+}
+
+fn run(name: &str) -> Value {
+    run_seed(name, 7)
+}
+
+/// Whether `.cache/<rel>` exists; without it the test skips with a message,
+/// or fails when `SDLAB_REQUIRE_REAL_MODELS=1` (as `make test` sets).
+fn cached(rel: &str) -> bool {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache")
+        .join(rel);
+    if p.exists() {
+        return true;
+    }
+    if std::env::var("SDLAB_REQUIRE_REAL_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{} is missing: run `make models`", p.display());
+    }
+    eprintln!("skipping: {} is missing (run `make models`)", p.display());
+    false
 }
 
 fn metric(r: &Value, side: &str, name: &str) -> f64 {
@@ -202,4 +222,64 @@ fn speculative_decoding_keeps_the_output_and_saves_passes() {
         metric(&r, "optimal", "forward_passes") < metric(&r, "naive", "forward_passes"),
         "{r}"
     );
+}
+
+#[test]
+fn hnsw_keeps_recall_and_beats_the_flat_scan() {
+    if !cached("data/glove/glove_6B_50d_emb.npy") {
+        return;
+    }
+    let r = run("hnsw");
+    assert_eq!(metric(&r, "naive", "recall_at_10"), 1.0, "{r}");
+    assert!(metric(&r, "optimal", "recall_at_10") > 0.9, "{r}");
+    assert!(
+        metric(&r, "optimal", "queries_per_s") > metric(&r, "naive", "queries_per_s"),
+        "{r}"
+    );
+}
+
+#[test]
+fn semantic_cache_hits_paraphrases_that_exact_match_misses() {
+    if !common::minilm_present() {
+        return;
+    }
+    for seed in [7, 8] {
+        let r = run_seed("semantic-cache", seed);
+        assert!(
+            metric(&r, "optimal", "hit_rate") > metric(&r, "naive", "hit_rate"),
+            "{r}"
+        );
+        assert_eq!(metric(&r, "naive", "wrong_hits"), 0.0, "{r}");
+        assert!(
+            metric(&r, "optimal", "hit_rate") <= metric(&r, "optimal", "ideal_hit_rate"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn structure_aware_chunks_find_answers_at_least_as_often() {
+    if !common::minilm_present() || !cached("data/python3.11-doc/faq") {
+        return;
+    }
+    let r = run("rag-chunking");
+    assert!(
+        metric(&r, "optimal", "hit_at_5") >= metric(&r, "naive", "hit_at_5"),
+        "{r}"
+    );
+    assert!(metric(&r, "optimal", "chunks") > 0.0, "{r}");
+}
+
+#[test]
+fn two_tower_beats_popularity() {
+    if !cached("data/dslabs/Rdata.rdb") {
+        return;
+    }
+    for seed in [7, 8] {
+        let r = run_seed("two-tower", seed);
+        assert!(
+            metric(&r, "optimal", "hr_at_10") > metric(&r, "naive", "hr_at_10"),
+            "{r}"
+        );
+    }
 }

@@ -31,6 +31,8 @@ pub struct Scores {
 pub struct ChunkerScores {
     pub chunker: String,
     pub passages: usize,
+    /// Mean passage length in characters.
+    pub mean_chars: f64,
     #[serde(flatten)]
     pub vector: Scores,
     /// BM25 on this chunker's passages.
@@ -151,6 +153,62 @@ fn evaluate(
     ))
 }
 
+/// Mean length of `passages` in characters (0 for none).
+fn mean_chars(passages: &[&str]) -> f64 {
+    let total: usize = passages.iter().map(|p| p.chars().count()).sum();
+    total as f64 / passages.len().max(1) as f64
+}
+
+/// The questions' embeddings, in order.
+pub fn embed_questions(questions: &[Question], embedder: &dyn Embedder) -> Result<Vec<Vec<f32>>> {
+    let texts: Vec<&str> = questions.iter().map(|q| q.question.as_str()).collect();
+    embedder.embed(&texts)
+}
+
+/// Every document cut by `f`, the passages in document order.
+fn cut_docs<'a>(
+    docs: &'a [Document],
+    f: &dyn Fn(&str) -> Result<Vec<Chunk>>,
+) -> Result<Vec<&'a str>> {
+    let mut passages = Vec::new();
+    for d in docs {
+        passages.extend(f(&d.text)?.into_iter().map(|c| c.text(&d.text)));
+    }
+    Ok(passages)
+}
+
+/// One passage set's row: vector, BM25 and hybrid scores.
+fn row(
+    chunker: String,
+    passages: &[&str],
+    questions: &[Question],
+    q_vecs: &[Vec<f32>],
+    embedder: &dyn Embedder,
+) -> Result<ChunkerScores> {
+    let (vector, bm25, hybrid) = evaluate(questions, q_vecs, passages, embedder)?;
+    Ok(ChunkerScores {
+        chunker,
+        passages: passages.len(),
+        mean_chars: mean_chars(passages),
+        vector,
+        bm25,
+        hybrid,
+    })
+}
+
+/// One chunker's row: its passages over `docs`, ranked for each question
+/// (`q_vecs` from [`embed_questions`]).
+pub fn score_chunker(
+    docs: &[Document],
+    questions: &[Question],
+    q_vecs: &[Vec<f32>],
+    chunker: &dyn Chunker,
+    embedder: &dyn Embedder,
+) -> Result<ChunkerScores> {
+    let passages = cut_docs(docs, &|t| chunker.chunk(t))?;
+    row(chunker.name(), &passages, questions, q_vecs, embedder)
+}
+
 /// Runs every chunker; `progress(message)` between steps.
 pub fn run(
     docs: &[Document],
@@ -160,37 +218,22 @@ pub fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<FaqReport> {
     progress(&format!("embedding {} questions", questions.len()));
-    let q_texts: Vec<&str> = questions.iter().map(|q| q.question.as_str()).collect();
-    let q_vecs = embedder.embed(&q_texts)?;
-
-    let mut cut =
-        |name: String, f: &dyn Fn(&str) -> Result<Vec<Chunk>>| -> Result<(String, Vec<&str>)> {
-            let mut passages = Vec::new();
-            for d in docs {
-                passages.extend(f(&d.text)?.into_iter().map(|c| c.text(&d.text)));
-            }
-            progress(&format!("{name}: {} passages", passages.len()));
-            Ok((name, passages))
-        };
-    let (_, reference) = cut("words:200:100".into(), &|t| Ok(word_windows(t, 200, 100)))?;
-    let (ref_vector, bm25, hybrid) = evaluate(questions, &q_vecs, &reference, embedder)?;
-    let mut rows = vec![ChunkerScores {
-        chunker: "words:200:100".into(),
-        passages: reference.len(),
-        vector: ref_vector,
-        bm25,
-        hybrid,
-    }];
+    let q_vecs = embed_questions(questions, embedder)?;
+    let reference = cut_docs(docs, &|t| Ok(word_windows(t, 200, 100)))?;
+    progress(&format!("words:200:100: {} passages", reference.len()));
+    let first = row(
+        "words:200:100".into(),
+        &reference,
+        questions,
+        &q_vecs,
+        embedder,
+    )?;
+    let (bm25, hybrid) = (first.bm25, first.hybrid);
+    let mut rows = vec![first];
     for c in chunkers {
-        let (name, passages) = cut(c.name(), &|t| c.chunk(t))?;
-        let (vector, bm25, hybrid) = evaluate(questions, &q_vecs, &passages, embedder)?;
-        rows.push(ChunkerScores {
-            chunker: name,
-            passages: passages.len(),
-            vector,
-            bm25,
-            hybrid,
-        });
+        let r = score_chunker(docs, questions, &q_vecs, c.as_ref(), embedder)?;
+        progress(&format!("{}: {} passages", r.chunker, r.passages));
+        rows.push(r);
     }
     Ok(FaqReport {
         questions: questions.len(),
@@ -213,6 +256,12 @@ mod tests {
         assert_eq!(t, ["a b c", "c d e", "e f g"]);
         assert_eq!(word_windows("", 3, 2), vec![]);
         assert_eq!(word_windows("  one  ", 200, 100)[0].text("  one  "), "one");
+    }
+
+    #[test]
+    fn mean_chars_counts_characters() {
+        assert_eq!(mean_chars(&["ab", "été!"]), 3.0);
+        assert_eq!(mean_chars(&[]), 0.0);
     }
 
     #[test]

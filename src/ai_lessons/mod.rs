@@ -10,12 +10,16 @@
 
 mod continuous_batching;
 mod decode_loop;
+mod hnsw;
 mod kv_cache;
 mod lora;
 mod paged_attention;
 mod quantization;
+mod rag_chunking;
 mod sampling;
+mod semantic_cache;
 mod speculative_decoding;
+mod two_tower;
 
 use anyhow::Result;
 use hld::LessonReport;
@@ -51,5 +55,9 @@ pub fn lessons() -> Vec<AiLesson> {
         ai_lesson!(sampling),
         ai_lesson!(quantization),
         ai_lesson!(speculative_decoding),
+        ai_lesson!(hnsw),
+        ai_lesson!(semantic_cache),
+        ai_lesson!(rag_chunking),
+        ai_lesson!(two_tower),
     ]
 }

@@ -4,32 +4,17 @@
 //! or fail under `SDLAB_REQUIRE_REAL_MODELS=1`.
 
 mod common;
-use common::sdlab;
+use common::{cached, check_lesson_report, metric, real_model_present, sdlab};
 use serde_json::Value;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-fn real_model_present() -> bool {
-    let present = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        .is_file();
-    if !present {
-        assert!(
-            std::env::var("SDLAB_REQUIRE_REAL_MODELS").map_or(true, |v| v != "1"),
-            "the default model is missing: run `make models`"
-        );
-        eprintln!("skipping: the default model is missing (run `make models`)");
-    }
-    present
-}
 
 /// The lessons measure speed, so they run one at a time even though the
 /// test harness runs these tests on parallel threads.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs a lesson, checks the report's shape and that it took under a minute
-/// and a half (it takes 5 to 30 s alone on two cores).
+/// Runs a lesson with `seed`, checks the report's shape and that it took
+/// under a minute and a half (it takes 5 to 30 s alone on two cores).
 fn run_seed(name: &str, seed: u64) -> Value {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
@@ -42,47 +27,13 @@ fn run_seed(name: &str, seed: u64) -> Value {
     );
     assert!(took < Duration::from_secs(90), "{name} took {took:?}");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(r["lesson"], name);
-    assert!(r["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(
-        r["notes"].as_str().is_some_and(|n| n.len() > 40),
-        "{name}: notes"
-    );
-    for side in ["naive", "optimal"] {
-        let m = r[side].as_object().unwrap();
-        assert!(!m.is_empty(), "{name}: {side} is empty");
-        assert!(
-            m.values().all(|v| v.as_f64().is_some_and(f64::is_finite)),
-            "{name}: {r}"
-        );
-    }
+    check_lesson_report(name, &r);
     r
 }
 
+/// [`run_seed`] with the tests' usual seed.
 fn run(name: &str) -> Value {
     run_seed(name, 7)
-}
-
-/// Whether `.cache/<rel>` exists; without it the test skips with a message,
-/// or fails when `SDLAB_REQUIRE_REAL_MODELS=1` (as `make test` sets).
-fn cached(rel: &str) -> bool {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache")
-        .join(rel);
-    if p.exists() {
-        return true;
-    }
-    if std::env::var("SDLAB_REQUIRE_REAL_MODELS").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run `make models`", p.display());
-    }
-    eprintln!("skipping: {} is missing (run `make models`)", p.display());
-    false
-}
-
-fn metric(r: &Value, side: &str, name: &str) -> f64 {
-    r[side][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{} lacks {side}.{name}: {r}", r["lesson"]))
 }
 
 #[test]

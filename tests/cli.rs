@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 
 mod common;
-use common::{sdlab, synth, tmp};
+use common::{real_model_present, sdlab, synth, tmp};
 
 fn stdout_json(out: &Output) -> serde_json::Value {
     assert!(
@@ -15,20 +15,6 @@ fn stdout_json(out: &Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn real_model_present() -> bool {
-    let present = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        .is_file();
-    if !present {
-        assert!(
-            std::env::var("SDLAB_REQUIRE_REAL_MODELS").map_or(true, |v| v != "1"),
-            "the default model is missing: run `make models`"
-        );
-        eprintln!("skipping: the default model is missing (run `make models`)");
-    }
-    present
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! lesson is about (the thresholds of the hld issue).
 
 mod common;
-use common::sdlab;
+use common::{check_lesson_report, metric, sdlab};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -68,12 +68,6 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
-fn metric(r: &Value, side: &str, name: &str) -> f64 {
-    r[side][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{} lacks {side}.{name}: {r}", r["lesson"]))
-}
-
 #[test]
 fn the_list_names_every_lesson() {
     let list = json(&["lesson", "list", "--json"]);
@@ -102,20 +96,7 @@ fn every_lesson_runs_and_shows_its_effect() {
         let r = json(&["lesson", name, "--json", "--seed", "7"]);
         let took = t.elapsed();
         assert!(took < Duration::from_secs(60), "{name} took {took:?}");
-        assert_eq!(r["lesson"], name);
-        assert!(r["title"].as_str().is_some_and(|t| !t.is_empty()));
-        assert!(
-            r["notes"].as_str().is_some_and(|n| n.len() > 40),
-            "{name}: notes"
-        );
-        for side in ["naive", "optimal"] {
-            let m = r[side].as_object().unwrap();
-            assert!(!m.is_empty(), "{name}: {side} is empty");
-            assert!(
-                m.values().all(|v| v.as_f64().is_some_and(f64::is_finite)),
-                "{name}: {r}"
-            );
-        }
+        check_lesson_report(name, &r);
         match name {
             "consistent-hashing" => {
                 assert!(metric(&r, "naive", "moved_fraction") > 0.8, "{r}");

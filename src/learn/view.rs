@@ -133,7 +133,7 @@ fn draw_text(frame: &mut Frame, app: &mut App, area: Rect) {
     let inner_width = area.width.saturating_sub(2).max(10) as usize;
     let (title, lines): (String, Vec<Line<'static>>) = match app.page() {
         Page::Run { .. } => (
-            format!(" {}: run ", entry.name),
+            format!(" {}: run{} ", entry.name, run_status(app, entry.name)),
             run_lines(app, entry.name)
                 .into_iter()
                 .flat_map(|l| wrap_plain(l, inner_width))
@@ -175,6 +175,17 @@ fn draw_text(frame: &mut Frame, app: &mut App, area: Rect) {
             .scroll((top.min(u16::MAX as usize) as u16, 0)),
         area,
     );
+}
+
+/// How the lesson's run stands, for the view's title (so it shows however
+/// far the table is scrolled).
+fn run_status(app: &App, name: &str) -> String {
+    match app.runs.get(name) {
+        Some(RunState::Done { secs, .. }) => format!(" (finished in {secs:.1} s)"),
+        Some(RunState::Failed { secs, .. }) => format!(" (failed after {secs:.1} s)"),
+        Some(RunState::Running { .. }) => " (running)".into(),
+        None => String::new(),
+    }
 }
 
 fn run_lines(app: &App, name: &str) -> Vec<Line<'static>> {

@@ -131,19 +131,26 @@ fn draw_text(frame: &mut Frame, app: &mut App, area: Rect) {
     };
     let entry = app.entry(module, lesson).clone();
     let inner_width = area.width.saturating_sub(2).max(10) as usize;
-    let (title, lines): (String, Vec<Line<'static>>) = match app.page() {
-        Page::Run { .. } => (
-            format!(" {}: run{} ", entry.name, run_status(app, entry.name)),
-            run_lines(app, entry.name)
+    let rows = area.height.saturating_sub(2) as usize;
+    let cursor = app.cursor();
+    let (title, (top, total, visible)) = match app.page() {
+        Page::Run { .. } => {
+            let lines: Vec<Line<'static>> = run_lines(app, entry.name)
                 .into_iter()
                 .flat_map(|l| wrap_plain(l, inner_width))
-                .collect(),
-        ),
+                .collect();
+            (
+                format!(" {}: run{} ", entry.name, run_status(app, entry.name)),
+                window(&lines, cursor, rows),
+            )
+        }
         Page::Explain { .. } => (
             format!(" {}: what it shows ", entry.name),
-            explain_lines(&entry.explain(), inner_width),
+            window(&explain_lines(&entry.explain(), inner_width), cursor, rows),
         ),
         _ => {
+            // Highlighted once per lesson; each frame copies only the
+            // lines on screen.
             let code = app.code.entry(entry.name).or_insert_with(|| {
                 let mut lines = Vec::new();
                 for (path, src) in entry.sources() {
@@ -156,25 +163,37 @@ fn draw_text(frame: &mut Frame, app: &mut App, area: Rect) {
                 }
                 lines
             });
-            (format!(" {}: code ", entry.name), code.clone())
+            (
+                format!(" {}: code ", entry.name),
+                window(code, cursor, rows),
+            )
         }
     };
-    app.text_lines = lines.len();
-    app.text_rows = area.height.saturating_sub(2) as usize;
-    let last_top = app.text_lines.saturating_sub(app.text_rows.max(1));
-    let top = app.cursor().min(last_top);
+    app.text_lines = total;
+    app.text_rows = rows;
     let shown = format!(
         "{title}[lines {}-{} of {}] ",
-        (top + 1).min(app.text_lines),
-        (top + app.text_rows).min(app.text_lines),
-        app.text_lines
+        (top + 1).min(total),
+        (top + rows).min(total),
+        total
     );
     frame.render_widget(
-        Paragraph::new(Text::from(lines))
-            .block(Block::bordered().title(shown))
-            .scroll((top.min(u16::MAX as usize) as u16, 0)),
+        Paragraph::new(Text::from(visible)).block(Block::bordered().title(shown)),
         area,
     );
+}
+
+/// The lines a text view shows: from `cursor`, but never past the point
+/// where the last line reaches the bottom. Returns the first line shown,
+/// the number of lines, and copies of the `rows` lines on screen.
+fn window(
+    lines: &[Line<'static>],
+    cursor: usize,
+    rows: usize,
+) -> (usize, usize, Vec<Line<'static>>) {
+    let top = cursor.min(lines.len().saturating_sub(rows.max(1)));
+    let end = (top + rows).min(lines.len());
+    (top, lines.len(), lines[top..end].to_vec())
 }
 
 /// How the lesson's run stands, for the view's title (so it shows however
@@ -292,6 +311,20 @@ fn explain_lines(text: &str, width: usize) -> Vec<Line<'static>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_window_shows_the_rows_from_the_cursor_and_stops_at_the_end() {
+        let lines: Vec<ratatui::text::Line<'static>> = (0..10)
+            .map(|i| ratatui::text::Line::raw(i.to_string()))
+            .collect();
+        let (top, total, shown) = super::window(&lines, 2, 4);
+        assert_eq!((top, total, shown.len()), (2, 10, 4));
+        assert_eq!(shown[0].to_string(), "2");
+        let (top, _, shown) = super::window(&lines, 9, 4);
+        assert_eq!((top, shown.len(), shown[3].to_string()), (6, 4, "9".into()));
+        let (top, total, shown) = super::window(&lines[..3], 0, 4);
+        assert_eq!((top, total, shown.len()), (0, 3, 3));
+    }
+
     #[test]
     fn explain_wraps_within_the_width_and_makes_bold_spans() {
         let lines = super::explain_lines(

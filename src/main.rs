@@ -7,6 +7,7 @@ use models::{ChatMessage, ChatTemplate, LoadOptions, WeightFormat};
 use server::engine::{Engine, GenerateRequest};
 use server::runner::{start_llama_engine, EngineOptions};
 use server::sampler::SamplingParams;
+use server::spec_decode::NgramConfig;
 use std::path::PathBuf;
 
 mod ai_lessons;
@@ -173,6 +174,18 @@ struct EngineArgs {
     /// Turn automatic prefix caching off.
     #[arg(long)]
     no_prefix_caching: bool,
+    /// Speculative decoding by prompt lookup: draft up to N tokens per decode
+    /// step from earlier n-grams of the text and verify them in the same
+    /// pass (0: off). Outputs are unchanged; speed depends on how much the
+    /// output repeats its context.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    num_speculative_tokens: usize,
+    /// Longest n-gram looked up for a draft.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    prompt_lookup_max: usize,
+    /// Shortest n-gram looked up for a draft.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    prompt_lookup_min: usize,
 }
 
 impl EngineArgs {
@@ -184,6 +197,11 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_model_len: self.max_model_len,
             enable_prefix_caching: !self.no_prefix_caching,
+            speculative: (self.num_speculative_tokens > 0).then_some(NgramConfig {
+                num_speculative_tokens: self.num_speculative_tokens,
+                prompt_lookup_max: self.prompt_lookup_max,
+                prompt_lookup_min: self.prompt_lookup_min,
+            }),
         }
     }
 }
@@ -400,15 +418,32 @@ fn generate(a: GenerateArgs) -> Result<()> {
         params,
         adapter,
     })?;
+    let stats = engine.stats();
     if a.json {
-        let v = serde_json::json!({ "text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason.as_str() });
+        let v = serde_json::json!({
+            "text": out.text,
+            "token_ids": out.token_ids,
+            "finish_reason": out.finish_reason.as_str(),
+            "steps": stats.steps,
+            "spec_draft_tokens": stats.spec_draft_tokens,
+            "spec_accepted_tokens": stats.spec_accepted_tokens,
+        });
         println!("{v}");
     } else {
         println!("{}", out.text);
+        let spec = if a.engine.num_speculative_tokens > 0 {
+            format!(
+                ", speculation: {} of {} drafted tokens accepted",
+                stats.spec_accepted_tokens, stats.spec_draft_tokens
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{} prompt + {} completion tokens, finish: {}]",
+            "[{} prompt + {} completion tokens in {} steps, finish: {}{spec}]",
             out.usage.prompt_tokens,
             out.usage.completion_tokens,
+            stats.steps,
             out.finish_reason.as_str()
         );
     }

@@ -5,8 +5,12 @@
 //! (decodes first, then prompt chunks, preempting when blocks run out), runs
 //! the model once for the whole batch, samples a token for every sequence
 //! whose chunk reached its end, and streams [`EngineEvent`]s to each
-//! request's channel. Requests join and leave at every step. The HTTP layer
-//! (and `sdlab generate`) sit on exactly this handle.
+//! request's channel. Requests join and leave at every step. With
+//! speculative decoding on, a decode's chunk also carries a prompt-lookup
+//! draft and the step samples every drafted position in order, keeping the
+//! draft up to the first token the sampler disagrees with
+//! ([`crate::spec_decode`]). The HTTP layer (and `sdlab generate`) sit on
+//! exactly this handle.
 
 use crate::block_manager::PrefixCacheStats;
 use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
@@ -14,6 +18,7 @@ use crate::lora::ActiveAdapter;
 use crate::runner::{BatchSeq, ModelRunner};
 use crate::sampler::{SampledToken, Sampler, SamplingError, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::spec_decode::{self, NgramConfig};
 use models::TokenizerInfo;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -44,6 +49,8 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     pub max_model_len: usize,
     pub enable_prefix_caching: bool,
+    /// Prompt-lookup speculative decoding (`--num-speculative-tokens`).
+    pub speculative: Option<NgramConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +141,9 @@ pub struct EngineStats {
     pub peak_running: usize,
     /// Most KV blocks held by sequences at once since the engine started.
     pub peak_used_blocks: usize,
+    /// Speculative decoding: tokens drafted, and those the sampler accepted.
+    pub spec_draft_tokens: u64,
+    pub spec_accepted_tokens: u64,
 }
 
 /// Everything a finished request produced, for callers that do not stream.
@@ -233,6 +243,7 @@ impl Engine {
             num_blocks: config.num_blocks,
             block_size: config.block_size,
             enable_prefix_caching: config.enable_prefix_caching,
+            speculative: config.speculative,
         });
         let mut step_loop = StepLoop {
             runner,
@@ -468,11 +479,13 @@ impl StepLoop {
         let mut batch = Vec::with_capacity(out.scheduled.len());
         for s in &out.scheduled {
             let seq = self.scheduler.get(s.id).expect("scheduled sequence exists");
+            let mut tokens = seq.tokens[s.start..s.start + s.num_known()].to_vec();
+            tokens.extend_from_slice(&s.draft);
             batch.push(BatchSeq {
-                tokens: seq.tokens[s.start..s.start + s.len].to_vec(),
+                tokens,
                 start: s.start,
                 block_table: seq.blocks.block_table.clone(),
-                wants_logits: s.samples,
+                logit_rows: s.logit_rows(),
                 adapter: self.requests.get(&s.id).and_then(|r| r.adapter.clone()),
             });
             if s.start < seq.prompt_len {
@@ -494,10 +507,21 @@ impl StepLoop {
         let mut sampled = Vec::new();
         let mut rows = logits.chunks_exact(vocab);
         for s in out.scheduled.iter().filter(|s| s.samples) {
-            let row = rows.next().expect("one logits row per sampling sequence");
+            let seq_rows: Vec<&[f32]> = rows.by_ref().take(s.logit_rows()).collect();
+            assert_eq!(seq_rows.len(), s.logit_rows(), "logits rows per sequence");
             if let Some(state) = self.requests.get_mut(&s.id) {
-                let tok = state.sampler.sample(row);
-                sampled.push((s.id, tok));
+                let left = state.sampler.params().max_tokens - state.generated;
+                let eos = &self.tokenizer.eos_token_ids;
+                let accepted = spec_decode::verify(
+                    &mut state.sampler,
+                    &s.draft,
+                    &seq_rows,
+                    left,
+                    eos,
+                    |tok| sampled.push((s.id, tok)),
+                );
+                self.counters.spec_draft_tokens += s.draft.len() as u64;
+                self.counters.spec_accepted_tokens += accepted as u64;
             }
         }
         let ids: Vec<(SeqId, u32)> = sampled.iter().map(|(id, t)| (*id, t.token_id)).collect();

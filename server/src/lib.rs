@@ -12,3 +12,4 @@ pub mod retrieval;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;
+pub mod spec_decode;

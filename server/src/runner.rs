@@ -14,15 +14,17 @@ pub struct BatchSeq {
     pub tokens: Vec<u32>,
     pub start: usize,
     pub block_table: Vec<u32>,
-    /// Return logits for the chunk's last token.
-    pub wants_logits: bool,
+    /// Return logits for the chunk's last `logit_rows` tokens (1 for a
+    /// plain decode or a prompt's last chunk, `1 + draft` when verifying a
+    /// speculative draft, 0 mid-prompt).
+    pub logit_rows: usize,
     /// The LoRA adapter this sequence runs under.
     pub adapter: Option<Arc<ActiveAdapter>>,
 }
 
 pub trait ModelRunner: Send {
     fn vocab_size(&self) -> usize;
-    /// Logits `[number of seqs with wants_logits, vocab]`, in batch order.
+    /// Logits `[sum of logit_rows, vocab]`, in batch order.
     fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String>;
 }
 
@@ -43,9 +45,7 @@ impl ModelRunner for LlamaRunner {
         let mut chunks = Vec::with_capacity(batch.len());
         for s in batch {
             tokens.extend_from_slice(&s.tokens);
-            if s.wants_logits {
-                rows.push(tokens.len() - 1);
-            }
+            rows.extend(tokens.len() - s.logit_rows.min(s.tokens.len())..tokens.len());
             chunks.push(SeqChunk {
                 block_table: &s.block_table,
                 start: s.start,
@@ -70,6 +70,8 @@ pub struct EngineOptions {
     /// 0: the model's own maximum.
     pub max_model_len: usize,
     pub enable_prefix_caching: bool,
+    /// Prompt-lookup speculative decoding; `None` is off.
+    pub speculative: Option<crate::spec_decode::NgramConfig>,
 }
 
 impl Default for EngineOptions {
@@ -81,6 +83,7 @@ impl Default for EngineOptions {
             max_num_batched_tokens: 512,
             max_model_len: 0,
             enable_prefix_caching: true,
+            speculative: None,
         }
     }
 }
@@ -95,6 +98,9 @@ pub fn start_llama_engine(
         return Err(
             "--block-size, --max-num-seqs and --max-num-batched-tokens must be positive".into(),
         );
+    }
+    if let Some(spec) = &opts.speculative {
+        spec.validate()?;
     }
     let num_blocks = KvCache::blocks_for_mb(cfg, opts.kv_cache_mb, opts.block_size);
     if num_blocks == 0 {
@@ -122,6 +128,7 @@ pub fn start_llama_engine(
         max_num_batched_tokens: opts.max_num_batched_tokens,
         max_model_len,
         enable_prefix_caching: opts.enable_prefix_caching,
+        speculative: opts.speculative,
     };
     let cache = KvCache::new(cfg, num_blocks, opts.block_size);
     let runner = LlamaRunner {

@@ -20,6 +20,13 @@
 //! not fit in the pool alone, the oldest running sequence is never chosen as a
 //! victim while others run, and a sequence alone always gets its blocks.
 //!
+//! With speculative decoding on ([`crate::spec_decode`]), a decode also
+//! carries a prompt-lookup draft: the step computes `1 + draft` tokens for it
+//! (all counted against the budget), and [`Scheduler::on_step_done`] keeps
+//! the K/V of the drafted tokens the engine accepted. A draft never reaches
+//! past `max_tokens`, and it is dropped rather than preempt anyone for its
+//! blocks.
+//!
 //! The scheduler is pure bookkeeping: no model, no tensors. The engine calls
 //! [`Scheduler::schedule`], runs the model on the [`SchedulerOutput`], then
 //! reports back with [`Scheduler::on_step_done`].
@@ -27,6 +34,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::block_manager::{BlockManager, SeqBlocks};
+use crate::spec_decode::{self, NgramConfig};
 
 /// Caller-chosen sequence (request) id.
 pub type SeqId = u64;
@@ -44,6 +52,8 @@ pub struct SchedulerConfig {
     /// Tokens per KV-cache block.
     pub block_size: usize,
     pub enable_prefix_caching: bool,
+    /// Prompt-lookup speculation for decodes; `None` decodes one token a step.
+    pub speculative: Option<NgramConfig>,
 }
 
 /// Why a request was rejected by [`Scheduler::add`]. Such a request could never run.
@@ -127,11 +137,32 @@ pub struct ScheduledSeq {
     pub id: SeqId,
     /// First position computed this step (= `num_computed_tokens` before).
     pub start: usize,
-    /// Tokens computed this step.
+    /// Tokens computed this step (known tokens, then the draft).
     pub len: usize,
     /// This chunk reaches the end of the known tokens, so the logits of its
     /// last position give the next token.
     pub samples: bool,
+    /// Drafted tokens fed after the last known one (the last `draft.len()`
+    /// of `len`); the model returns logits at each of the last
+    /// `1 + draft.len()` positions to verify them.
+    pub draft: Vec<u32>,
+}
+
+impl ScheduledSeq {
+    /// Positions whose logits the engine needs: 0 mid-prefill, else one per
+    /// token it may sample (the draft's positions and the one after).
+    pub fn logit_rows(&self) -> usize {
+        if self.samples {
+            1 + self.draft.len()
+        } else {
+            0
+        }
+    }
+
+    /// Known tokens computed this step (`len` without the draft).
+    pub fn num_known(&self) -> usize {
+        self.len - self.draft.len()
+    }
 }
 
 /// One step's batch.
@@ -260,6 +291,20 @@ impl Scheduler {
             let target = seq.num_computed_tokens + num_new;
             let start = seq.num_computed_tokens;
             let samples = target == seq.tokens.len();
+            if samples && num_new == 1 {
+                if let Some(draft) = self.try_draft(id, budget - 1) {
+                    budget -= 1 + draft.len();
+                    out.scheduled.push(ScheduledSeq {
+                        id,
+                        start,
+                        len: 1 + draft.len(),
+                        samples,
+                        draft,
+                    });
+                    i += 1;
+                    continue;
+                }
+            }
             let mut self_preempted = false;
             loop {
                 let seq = self.seqs.get_mut(&id).expect("running seq exists");
@@ -284,6 +329,7 @@ impl Scheduler {
                 start,
                 len: num_new,
                 samples,
+                draft: Vec::new(),
             });
             budget -= num_new;
             i += 1;
@@ -315,6 +361,7 @@ impl Scheduler {
                     start: cached,
                     len: num_new,
                     samples: cached + num_new == seq.tokens.len(),
+                    draft: Vec::new(),
                 });
                 budget -= num_new;
                 self.waiting.pop_front();
@@ -327,11 +374,16 @@ impl Scheduler {
     }
 
     /// Record a finished model step: advance each scheduled sequence, cache
-    /// its newly full blocks, and append the `sampled` tokens. A sequence that
-    /// reaches `max_tokens` becomes [`SeqStatus::Finished`]: its blocks are
-    /// released at once and it waits for [`Scheduler::remove`]. Sequences
-    /// removed since `schedule` are skipped.
+    /// its newly full blocks, and append the `sampled` tokens. A sequence
+    /// verified with a draft may appear several times, in order: its tokens
+    /// equal to the draft, then the one the sampler chose; the K/V of those
+    /// accepted draft tokens is kept, the rest is beyond the computed length.
+    /// A sequence that reaches `max_tokens` becomes [`SeqStatus::Finished`]:
+    /// its blocks are released at once and it waits for [`Scheduler::remove`].
+    /// Sequences removed since `schedule` are skipped.
     pub fn on_step_done(&mut self, out: &SchedulerOutput, sampled: &[(SeqId, u32)]) {
+        let mut any_finished = false;
+        let mut rest = sampled;
         for s in &out.scheduled {
             let Some(seq) = self.seqs.get_mut(&s.id) else {
                 continue;
@@ -340,29 +392,32 @@ impl Scheduler {
                 debug_assert!(false, "stale schedule entry for seq {}", s.id);
                 continue;
             }
-            seq.num_computed_tokens = s.start + s.len;
+            // This sequence's sampled tokens (the engine reports in batch order).
+            let skip = rest.iter().take_while(|(id, _)| *id != s.id).count();
+            let mine = rest[skip..]
+                .iter()
+                .take_while(|(id, _)| *id == s.id)
+                .count();
+            let tokens = &rest[skip..skip + mine];
+            if mine > 0 {
+                rest = &rest[skip + mine..];
+            }
+            debug_assert!(
+                s.samples || tokens.is_empty(),
+                "token sampled for seq {} mid-prefill",
+                s.id
+            );
+            debug_assert!(tokens.len() <= 1 + s.draft.len());
+            // The known tokens, then the accepted draft (all but the last sampled).
+            seq.num_computed_tokens = s.start + s.num_known() + tokens.len().saturating_sub(1);
+            seq.tokens.extend(tokens.iter().map(|&(_, t)| t));
             self.bm.cache_full_blocks(
                 &mut seq.blocks,
                 &seq.tokens,
                 seq.num_computed_tokens,
                 seq.adapter,
             );
-        }
-        let mut any_finished = false;
-        for &(id, token) in sampled {
-            let Some(seq) = self.seqs.get_mut(&id) else {
-                continue;
-            };
-            if seq.status != SeqStatus::Running {
-                continue;
-            }
-            debug_assert_eq!(
-                seq.num_computed_tokens,
-                seq.tokens.len(),
-                "token sampled for seq {id} mid-prefill"
-            );
-            seq.tokens.push(token);
-            if seq.num_generated() >= seq.max_tokens {
+            if !tokens.is_empty() && seq.num_generated() >= seq.max_tokens {
                 seq.status = SeqStatus::Finished;
                 self.bm.free(&mut seq.blocks);
                 any_finished = true;
@@ -423,6 +478,30 @@ impl Scheduler {
     /// Total preemptions since start.
     pub fn num_preemptions(&self) -> u64 {
         self.num_preemptions
+    }
+
+    /// A draft for running decode `id`, with its slots allocated, or `None`
+    /// (speculation off, nothing to propose, or no free blocks for it: a
+    /// draft never preempts anyone). At most `room` tokens, and never past
+    /// the request's `max_tokens` (the token after the draft is sampled too).
+    fn try_draft(&mut self, id: SeqId, room: usize) -> Option<Vec<u32>> {
+        let spec = self.cfg.speculative?;
+        let seq = self.seqs.get_mut(&id)?;
+        let left = seq.max_tokens.saturating_sub(seq.num_generated() + 1);
+        let k = spec.num_speculative_tokens.min(room).min(left);
+        let draft = spec_decode::propose(
+            &seq.tokens,
+            k,
+            spec.prompt_lookup_min,
+            spec.prompt_lookup_max,
+        );
+        if draft.is_empty() {
+            return None;
+        }
+        let target = seq.tokens.len() + draft.len();
+        self.bm
+            .allocate_slots(&mut seq.blocks, target)
+            .then_some(draft)
     }
 
     /// Free `id`'s blocks, forget its progress, queue it at the front.

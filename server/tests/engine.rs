@@ -6,6 +6,7 @@ use models::{load, KvCache, LoadOptions, LoadedModel};
 use server::engine::{collect, Engine, EngineConfig, EngineEvent, FinishReason, GenerateRequest};
 use server::runner::LlamaRunner;
 use server::sampler::SamplingParams;
+use server::spec_decode::NgramConfig;
 use std::path::PathBuf;
 
 fn synthetic_model() -> LoadedModel {
@@ -37,6 +38,17 @@ fn engine(
     budget: usize,
     prefix_caching: bool,
 ) -> Engine {
+    engine_with(m, num_blocks, max_num_seqs, budget, prefix_caching, None)
+}
+
+fn engine_with(
+    m: LoadedModel,
+    num_blocks: usize,
+    max_num_seqs: usize,
+    budget: usize,
+    prefix_caching: bool,
+    speculative: Option<NgramConfig>,
+) -> Engine {
     let cfg = EngineConfig {
         num_blocks,
         block_size: 16,
@@ -44,6 +56,7 @@ fn engine(
         max_num_batched_tokens: budget,
         max_model_len: m.model.cfg.max_position_embeddings,
         enable_prefix_caching: prefix_caching,
+        speculative,
     };
     let cache = KvCache::new(&m.model.cfg, num_blocks, 16);
     Engine::start(
@@ -292,4 +305,82 @@ fn stop_strings_and_seeded_sampling() {
         stopped.text,
         full.text
     );
+}
+
+/// Speculative decoding in the engine changes the number of steps, never the
+/// tokens: greedy and seeded sampling (with a penalty, so the sampler's state
+/// matters) give what plain decoding gives, alone and in a batch tight
+/// enough to preempt; drafts are proposed and some accepted.
+#[test]
+fn speculative_decoding_keeps_every_output() {
+    let m = synthetic_model();
+    let mut prompts: Vec<Vec<u32>> = TEXTS[..8]
+        .iter()
+        .map(|t| m.tokenizer.encode(t).unwrap())
+        .collect();
+    // A prompt that repeats itself: the lookup drafts from it at once.
+    prompts.push(m.tokenizer.encode(&TEXTS[4].repeat(4)).unwrap());
+    drop(m);
+    let request = |i: usize, p: &Vec<u32>| {
+        let params = if i % 3 == 2 {
+            SamplingParams {
+                temperature: 0.8,
+                top_p: 0.9,
+                frequency_penalty: 0.3,
+                seed: Some(i as u64),
+                max_tokens: 40,
+                ignore_eos: true,
+                ..Default::default()
+            }
+        } else {
+            SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(24 + 4 * i)
+            }
+        };
+        GenerateRequest {
+            prompt_tokens: p.clone(),
+            params,
+            adapter: None,
+        }
+    };
+    let run = |spec: Option<NgramConfig>, blocks: usize| {
+        let e = engine_with(synthetic_model(), blocks, 16, 64, true, spec);
+        let mut rxs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| e.add_request(request(i, p)).unwrap().1)
+            .collect();
+        let outs: Vec<Vec<u32>> = rxs
+            .iter_mut()
+            .map(|rx| collect(rx).unwrap().token_ids)
+            .collect();
+        let stats = e.stats();
+        assert_eq!(
+            stats.free_blocks, stats.num_blocks,
+            "blocks leaked: {stats:?}"
+        );
+        (outs, stats)
+    };
+    let (plain, plain_stats) = run(None, 512);
+    assert_eq!(plain_stats.spec_draft_tokens, 0);
+    let spec = NgramConfig {
+        num_speculative_tokens: 4,
+        prompt_lookup_max: 3,
+        prompt_lookup_min: 1,
+    };
+    let (fast, stats) = run(Some(spec), 512);
+    assert_eq!(fast, plain);
+    assert!(stats.spec_draft_tokens > 0, "{stats:?}");
+    assert!(stats.spec_accepted_tokens > 0, "{stats:?}");
+    assert!(stats.spec_accepted_tokens <= stats.spec_draft_tokens);
+    assert!(
+        stats.steps < plain_stats.steps,
+        "{stats:?} vs {plain_stats:?}"
+    );
+    assert_eq!(stats.generation_tokens, plain_stats.generation_tokens);
+    // Tight KV: preemption and drafts together.
+    let (tight, tight_stats) = run(Some(spec), 14);
+    assert_eq!(tight, plain);
+    assert!(tight_stats.preemptions > 0, "{tight_stats:?}");
 }

@@ -2,11 +2,14 @@
 //! started in-process on an ephemeral port with the tiny synthetic model, and
 //! a real client. Errors, streaming, metrics, disconnects, concurrency,
 //! hostile input and graceful shutdown. Error cases, limits and the
-//! hostile-input sweep are in `http/errors.rs`, a module of this test.
+//! hostile-input sweep are in `http/errors.rs`, a module of this test;
+//! speculative decoding in `http/speculative.rs`.
 
 mod common;
 #[path = "http/errors.rs"]
 mod errors;
+#[path = "http/speculative.rs"]
+mod speculative;
 
 use common::*;
 use serde_json::{json, Value};

@@ -4,8 +4,8 @@
 //!
 //! The engine (`server::engine`) does the same with a scheduler, a block
 //! manager and many sequences; the lessons need one sequence and full
-//! control of the cache position (the KV-cache lesson throws the cache away,
-//! speculative decoding rolls it back), so they drive the model directly.
+//! control of the cache position (the KV-cache lesson throws the cache away
+//! and rolls it back), so they drive the model directly.
 
 use anyhow::{Context, Result};
 use models::{ChatMessage, ChatTemplate, KvCache, Llama, LoadOptions, SeqChunk, WeightFormat};
@@ -50,6 +50,7 @@ impl Seq {
     }
 
     /// Positions with valid K/V.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -99,21 +100,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// Plain greedy decoding with the KV cache: one prefill, then one forward
-/// pass per new token. Returns the `n` new tokens.
-pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-    let mut seq = Seq::new(model, prompt.len() + n);
-    let mut next = argmax(&seq.feed(model, prompt, false)?);
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        out.push(next);
-        if out.len() < n {
-            next = argmax(&seq.feed(model, &[next], false)?);
-        }
-    }
-    Ok(out)
 }
 
 /// The `tiny` synthetic model (random weights, 384 tokens), written to a

@@ -282,6 +282,7 @@ pub fn run_continuous_with(
             max_model_len: limits.max_model_len,
             // Random prompts share no prefix; keep the comparison about batching.
             enable_prefix_caching: false,
+            speculative: None,
         },
     );
     let started = Instant::now();

@@ -40,6 +40,8 @@ pub struct Metrics {
     preemptions: Counter,
     prefix_queries: Counter,
     prefix_hits: Counter,
+    spec_draft_tokens: Counter,
+    spec_accepted_tokens: Counter,
     ttft: Histogram,
     tpot: Histogram,
     e2e: Histogram,
@@ -70,6 +72,8 @@ impl Metrics {
             preemptions: Counter::default(),
             prefix_queries: Counter::default(),
             prefix_hits: Counter::default(),
+            spec_draft_tokens: Counter::default(),
+            spec_accepted_tokens: Counter::default(),
             ttft: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             tpot: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             e2e: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
@@ -127,6 +131,16 @@ impl Metrics {
             "sdlab_preemptions",
             "Sequences preempted for lack of KV blocks",
             m.preemptions.clone(),
+        );
+        r.register(
+            "sdlab_spec_decode_draft_tokens",
+            "Tokens drafted by prompt lookup (speculative decoding)",
+            m.spec_draft_tokens.clone(),
+        );
+        r.register(
+            "sdlab_spec_decode_accepted_tokens",
+            "Drafted tokens the sampler accepted",
+            m.spec_accepted_tokens.clone(),
         );
         r.register(
             "sdlab_prefix_cache_queries",
@@ -229,6 +243,16 @@ impl Metrics {
                     .prefix_cache
                     .hit_tokens
                     .saturating_sub(last.prefix_cache.hit_tokens),
+            );
+            self.spec_draft_tokens.inc_by(
+                stats
+                    .spec_draft_tokens
+                    .saturating_sub(last.spec_draft_tokens),
+            );
+            self.spec_accepted_tokens.inc_by(
+                stats
+                    .spec_accepted_tokens
+                    .saturating_sub(last.spec_accepted_tokens),
             );
             *last = stats.clone();
         }

@@ -11,6 +11,7 @@ fn cfg(budget: usize, max_seqs: usize, num_blocks: usize, block_size: usize) -> 
         num_blocks,
         block_size,
         enable_prefix_caching: false,
+        speculative: None,
     }
 }
 
@@ -19,13 +20,100 @@ fn fake_token(id: SeqId, pos: usize) -> u32 {
     ((id as usize * 31 + pos * 7) % 5) as u32
 }
 
-/// Sample for every scheduled sequence whose chunk reaches its end.
+/// Sample for every scheduled sequence whose chunk reaches its end; a
+/// drafted sequence keeps each draft token equal to the fake model's, then
+/// the model's own (as the engine's verification does).
 fn fake_sample(s: &Scheduler, out: &SchedulerOutput) -> Vec<(SeqId, u32)> {
-    out.scheduled
-        .iter()
-        .filter(|x| x.samples)
-        .map(|x| (x.id, fake_token(x.id, s.get(x.id).unwrap().tokens.len())))
-        .collect()
+    let mut sampled = Vec::new();
+    for x in out.scheduled.iter().filter(|x| x.samples) {
+        let pos = s.get(x.id).unwrap().tokens.len();
+        for i in 0..=x.draft.len() {
+            let t = fake_token(x.id, pos + i);
+            sampled.push((x.id, t));
+            if x.draft.get(i) != Some(&t) {
+                break;
+            }
+        }
+    }
+    sampled
+}
+
+fn ngram(k: usize) -> Option<crate::spec_decode::NgramConfig> {
+    Some(crate::spec_decode::NgramConfig {
+        num_speculative_tokens: k,
+        prompt_lookup_max: 2,
+        prompt_lookup_min: 1,
+    })
+}
+
+/// Speculation changes how many steps a request takes, never its tokens:
+/// the fake model's output is periodic, so drafts are accepted, and every
+/// request ends with the tokens plain decoding gives.
+#[test]
+fn speculation_saves_steps_and_keeps_outputs() {
+    let run = |speculative| {
+        let mut s = Scheduler::new(SchedulerConfig {
+            speculative,
+            ..cfg(64, 4, 64, 4)
+        });
+        for id in 0..4u64 {
+            s.add(id, vec![1, 2, 3], 40, None).unwrap();
+        }
+        let (mut steps, mut drafted, mut outputs) = (0, 0, HashMap::new());
+        while s.has_work() {
+            let (out, finished) = step(&mut s);
+            drafted += out.scheduled.iter().map(|x| x.draft.len()).sum::<usize>();
+            for x in &out.scheduled {
+                assert!(x.draft.is_empty() || x.num_known() == 1);
+                assert!(x.draft.len() <= 3);
+            }
+            outputs.extend(finished.into_iter().map(|q| (q.id, q.output().to_vec())));
+            steps += 1;
+        }
+        (steps, drafted, outputs)
+    };
+    let (plain_steps, plain_drafted, plain) = run(None);
+    let (spec_steps, drafted, spec) = run(ngram(3));
+    assert_eq!(plain_drafted, 0);
+    assert!(drafted > 0);
+    assert_eq!(spec, plain);
+    for (id, output) in &spec {
+        assert_eq!(output, &expected_output(*id, 3, 40));
+    }
+    assert!(
+        spec_steps < plain_steps / 2,
+        "{spec_steps} vs {plain_steps}"
+    );
+}
+
+/// A draft never takes blocks from another sequence: with the pool full,
+/// the step decodes one token instead of preempting for the draft.
+#[test]
+fn draft_is_dropped_rather_than_preempting() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        speculative: ngram(4),
+        ..cfg(64, 4, 3, 4)
+    });
+    // The fake model samples 0 after [0, 5], so the context [0, 5, 0]
+    // drafts [5, 0], whose slots would need a second block.
+    assert_eq!(fake_token(1, 2), 0);
+    s.add(1, vec![0, 5], 8, None).unwrap();
+    let (first, _) = step(&mut s);
+    assert!(
+        first.scheduled[0].draft.is_empty(),
+        "a prefill carries no draft"
+    );
+    let mut hog = crate::block_manager::SeqBlocks::default();
+    assert!(s.block_manager_mut().allocate_slots(&mut hog, 8));
+    let (out, _) = step(&mut s);
+    assert!(out.preempted.is_empty());
+    assert_eq!((out.scheduled[0].len, out.scheduled[0].draft.len()), (1, 0));
+    s.block_manager_mut().free(&mut hog);
+    let mut drafted = false;
+    while s.has_work() {
+        drafted |= !step(&mut s).0.scheduled[0].draft.is_empty();
+    }
+    assert!(drafted, "with blocks free, it drafts again");
 }
 
 /// Schedule, run the fake model, report back; return the output and the ids
@@ -35,11 +123,12 @@ fn step(s: &mut Scheduler) -> (SchedulerOutput, Vec<Sequence>) {
     let sampled = fake_sample(s, &out);
     s.on_step_done(&out, &sampled);
     s.block_manager().check_invariants().unwrap();
-    let done: Vec<SeqId> = sampled
+    let mut done: Vec<SeqId> = sampled
         .iter()
         .map(|&(id, _)| id)
         .filter(|&id| s.get(id).is_some_and(Sequence::is_finished))
         .collect();
+    done.dedup();
     let finished = done.into_iter().map(|id| s.remove(id).unwrap()).collect();
     (out, finished)
 }
@@ -363,6 +452,7 @@ proptest! {
         num_blocks in 2usize..24,
         block_size in prop::sample::select(vec![1usize, 2, 4, 8]),
         caching in any::<bool>(),
+        spec in prop::option::of(1usize..4),
     ) {
         let config = SchedulerConfig {
             max_num_seqs: max_seqs,
@@ -371,6 +461,7 @@ proptest! {
             num_blocks,
             block_size,
             enable_prefix_caching: caching,
+            speculative: spec.and_then(ngram),
         };
         let mut s = Scheduler::new(config);
         let mut accepted: HashMap<SeqId, &Req> = HashMap::new();
@@ -424,7 +515,9 @@ proptest! {
                 prop_assert!(x.len > 0);
                 let q = s.get(x.id).unwrap();
                 prop_assert_eq!(q.num_computed_tokens, x.start);
-                prop_assert_eq!(x.samples, x.start + x.len == q.tokens.len());
+                prop_assert_eq!(x.samples, x.start + x.num_known() == q.tokens.len());
+                prop_assert!(x.draft.is_empty() || (x.samples && x.num_known() == 1));
+                prop_assert!(q.num_generated() + 1 + x.draft.len() <= q.max_tokens);
                 prop_assert!(q.blocks.block_table.len() * block_size >= x.start + x.len);
             }
             // A step with waiting work and free seats never idles.

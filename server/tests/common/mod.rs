@@ -48,6 +48,7 @@ pub fn engine_options() -> EngineOptions {
         max_num_batched_tokens: 512,
         max_model_len: 0,
         enable_prefix_caching: true,
+        speculative: None,
     }
 }
 

@@ -228,6 +228,11 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 8)]
     max_body_mb: usize,
+    /// Also export another server's metric names on /metrics: `vllm`
+    /// (vllm:num_requests_waiting, vllm:kv_cache_usage_perc,
+    /// vllm:lora_requests_info, ...), read by KV- and LoRA-aware gateways.
+    #[arg(long, value_name = "FORMAT", value_parser = ["vllm"])]
+    metrics_compat: Option<String>,
     /// Most requests per second on the /v1 routes, all clients together
     /// (GCRA; over it: 429 with Retry-After). Off by default.
     #[arg(long, value_name = "PER_SECOND")]
@@ -571,6 +576,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         api_key: a.api_key.clone(),
         max_queue: a.max_queue,
         body_limit: a.max_body_mb << 20,
+        metrics_compat_vllm: a.metrics_compat.as_deref() == Some("vllm"),
     };
     let extensions = server::http::Extensions {
         retrieval: rag_service::from_args(&a.embedding_model, &a.rag_dir, &a.rag_chunker)?,

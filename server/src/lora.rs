@@ -300,6 +300,11 @@ impl AdapterRegistry {
     }
 
     /// Adapters whose weights are in memory.
+    /// `--max-loras`: adapters resident at once.
+    pub fn max_loras(&self) -> usize {
+        self.opts.max_loras
+    }
+
     pub fn resident_count(&self) -> usize {
         self.lock()
             .entries

@@ -3,13 +3,14 @@
 //! a real client. Errors, streaming, metrics, disconnects, concurrency,
 //! hostile input and graceful shutdown. Error cases, limits and the
 //! hostile-input sweep are in `http/errors.rs`, a module of this test;
-//! speculative decoding in `http/speculative.rs`.
+//! vLLM's extensions (speculative decoding, `return_token_ids`, vLLM metric
+//! names) in `http/extensions.rs`.
 
 mod common;
 #[path = "http/errors.rs"]
 mod errors;
-#[path = "http/speculative.rs"]
-mod speculative;
+#[path = "http/extensions.rs"]
+mod extensions;
 
 use common::*;
 use serde_json::{json, Value};

@@ -46,6 +46,8 @@ pub struct Job {
     model: String,
     created: u64,
     adapter: Option<AdapterLease>,
+    /// Put `token_ids` and `prompt_token_ids` in each choice.
+    token_ids: bool,
 }
 
 impl Job {
@@ -116,6 +118,7 @@ impl Job {
             model: st.config.served_model_name.clone(),
             created: st.created,
             adapter: None,
+            token_ids: false,
         })
     }
 
@@ -126,6 +129,19 @@ impl Job {
         }
         self.adapter = adapter;
         self
+    }
+
+    /// Whether choices carry their token ids (vLLM's `return_token_ids`):
+    /// what a router needs to continue a stream elsewhere, exactly.
+    pub fn with_token_ids(mut self, on: bool) -> Self {
+        self.token_ids = on;
+        self
+    }
+
+    /// The prompt ids of choice `i`, when the client asked for ids.
+    fn prompt_ids(&self, i: usize) -> Option<&[u32]> {
+        self.token_ids
+            .then(|| self.prompts[i / self.n].0.as_slice())
     }
 
     /// The model (or adapter) name responses carry.
@@ -244,15 +260,22 @@ impl Job {
                 .1
                 .logprobs
                 .map(|_| logprobs_json(self.endpoint, tok, &out.logprobs));
-            choices.push(match self.endpoint {
-                Endpoint::Completion => json!({ "index": i, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason.as_str() }),
+            let mut choice = match self.endpoint {
+                Endpoint::Completion => {
+                    json!({ "index": i, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason.as_str() })
+                }
                 Endpoint::Chat => json!({
                     "index": i,
                     "message": { "role": "assistant", "content": out.text },
                     "logprobs": logprobs,
                     "finish_reason": out.finish_reason.as_str(),
                 }),
-            });
+            };
+            if let Some(ids) = self.prompt_ids(i) {
+                choice["prompt_token_ids"] = json!(ids);
+                choice["token_ids"] = json!(out.token_ids);
+            }
+            choices.push(choice);
         }
         tracing::info!(
             prompt_tokens = usage.prompt_tokens,
@@ -542,15 +565,27 @@ impl StreamState {
         };
         let tok = self.st.engine.tokenizer();
         match ev {
-            EngineEvent::Token { text, logprob, .. } => {
-                let role = !self.seen[i] && self.job.endpoint == Endpoint::Chat;
+            EngineEvent::Token {
+                text,
+                logprob,
+                token_id,
+            } => {
+                let first = !self.seen[i];
+                let role = first && self.job.endpoint == Endpoint::Chat;
                 self.seen[i] = true;
                 self.inflight.token(i);
                 let lp = logprob.map(|l| logprobs_json(self.job.endpoint, tok, &[l]));
-                if text.is_empty() && lp.is_none() && !role {
+                if text.is_empty() && lp.is_none() && !role && !self.job.token_ids {
                     return vec![];
                 }
-                vec![self.chunk(self.choice(i, &text, lp, None, role))]
+                let mut choice = self.choice(i, &text, lp, None, role);
+                if let Some(ids) = self.job.prompt_ids(i) {
+                    if first {
+                        choice["prompt_token_ids"] = json!(ids);
+                    }
+                    choice["token_ids"] = json!([token_id]);
+                }
+                vec![self.chunk(choice)]
             }
             EngineEvent::Finished {
                 reason,

@@ -189,6 +189,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Prompt and generated tokens of finished requests so far.
+    pub fn token_totals(&self) -> (u64, u64) {
+        (self.prompt_tokens.get(), self.generation_tokens.get())
+    }
+
     pub fn set_lora_loaded(&self, n: usize) {
         self.lora_loaded.set(n as i64);
     }

@@ -14,6 +14,7 @@
 pub mod error;
 mod generate;
 pub mod metrics;
+pub mod metrics_compat;
 pub mod openai;
 pub mod rag;
 mod recommend;
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Largest request body, in bytes.
     pub body_limit: usize,
+    /// Also export vLLM's metric names (`--metrics-compat vllm`).
+    pub metrics_compat_vllm: bool,
 }
 
 /// What the server does besides generating, each behind a trait the binary
@@ -316,7 +319,24 @@ async fn unload_lora_adapter(
 
 async fn metrics_page(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     st.metrics.set_lora_loaded(st.loras.resident_count());
-    let text = st.metrics.render(&st.engine.stats());
+    let stats = st.engine.stats();
+    let mut text = st.metrics.render(&stats);
+    if st.config.metrics_compat_vllm {
+        let adapters = st.loras.list();
+        let (prompt_tokens, generation_tokens) = st.metrics.token_totals();
+        let inputs = metrics_compat::CompatInputs {
+            model_name: &st.config.served_model_name,
+            adapters: &adapters,
+            max_loras: st.loras.max_loras(),
+            block_size: st.engine.config().block_size,
+            prompt_tokens,
+            generation_tokens,
+            now_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        };
+        text = metrics_compat::append(text, &metrics_compat::vllm_text(&stats, &inputs));
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -437,7 +457,8 @@ async fn prepare_completion(
         (req.max_tokens.or(Some(16)), "max_tokens"),
         n,
     )?
-    .with_adapter(adapter);
+    .with_adapter(adapter)
+    .with_token_ids(req.return_token_ids.unwrap_or(false));
     Ok(Prepared {
         job,
         stream: req.stream.unwrap_or(false),
@@ -488,7 +509,8 @@ async fn prepare_chat(
         (knobs.max_tokens, max_param),
         n,
     )?
-    .with_adapter(adapter);
+    .with_adapter(adapter)
+    .with_token_ids(req.return_token_ids.unwrap_or(false));
     Ok(Prepared {
         job,
         stream: req.stream.unwrap_or(false),

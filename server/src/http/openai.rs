@@ -56,6 +56,9 @@ pub struct CompletionRequest {
     pub top_k: Option<i32>,
     pub min_p: Option<f32>,
     pub ignore_eos: Option<bool>,
+    /// vLLM's extension: each choice also carries its `token_ids` (every
+    /// stream chunk the ids it adds) and its `prompt_token_ids`.
+    pub return_token_ids: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,8 @@ pub struct ChatRequest {
     pub top_k: Option<i32>,
     pub min_p: Option<f32>,
     pub ignore_eos: Option<bool>,
+    /// As [`CompletionRequest::return_token_ids`].
+    pub return_token_ids: Option<bool>,
 }
 
 /// Parses a JSON body, naming the parameter at fault when it does not fit.

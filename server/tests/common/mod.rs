@@ -58,6 +58,7 @@ pub fn server_config() -> ServerConfig {
         api_key: None,
         max_queue: 256,
         body_limit: 2 << 20,
+        metrics_compat_vllm: true,
     }
 }
 

@@ -190,7 +190,7 @@ impl GpuContext {
         if d == 0
             || d > MAX_HEAD_DIM
             || layout.num_kv_heads == 0
-            || num_heads % layout.num_kv_heads != 0
+            || !num_heads.is_multiple_of(layout.num_kv_heads)
         {
             return Err(super::shape(
                 K,

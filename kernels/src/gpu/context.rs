@@ -123,9 +123,15 @@ impl GpuContext {
                 .trim()
                 .to_string(),
             software: info.device_type == wgpu::DeviceType::Cpu,
-            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
         };
+        // A shader that does not compile (or a pipeline the device rejects)
+        // is an error to return, not a panic in wgpu's default handler.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipelines = Pipelines::new(&device);
+        if let Some(e) = scope.pop().await {
+            return Err(GpuError::Pipeline(e.to_string()));
+        }
         Ok(Self {
             device,
             queue,

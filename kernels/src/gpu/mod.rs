@@ -66,6 +66,8 @@ pub enum GpuError {
     },
     #[error("dispatch of {0} workgroups is above what a 2D grid can hold")]
     Grid(u64),
+    #[error("a kernel failed to compile: {0}")]
+    Pipeline(String),
     #[error("reading a buffer back failed: {0}")]
     Map(String),
     #[error(transparent)]
@@ -104,7 +106,7 @@ mod tests {
             (1, 65535),
             (65535, 65535),
             (65536, 65535),
-            (10, 3),
+            (10, 4),
         ] {
             let (x, y) = grid(n, max).unwrap();
             assert!(x <= max && y <= max);
@@ -112,7 +114,7 @@ mod tests {
             // The last row is needed: one fewer would not cover n.
             assert!(n == 0 || (x as u64) * (y as u64 - 1) < n);
         }
-        assert!(grid(10, 3).unwrap() == (3, 4));
+        assert_eq!(grid(10, 4).unwrap(), (4, 3));
         assert!(grid(17, 4).is_err());
     }
 }

@@ -650,3 +650,22 @@ fn shape_errors_are_caught_before_dispatch() {
     assert!(ctx.attention_batch(&too_short, layout).is_err());
     ctx.submit(e);
 }
+
+/// More (row, head) workgroups than one grid dimension holds (65535): the
+/// attention shader's 2D item index.
+#[test]
+fn paged_attention_beyond_one_grid_dimension() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let mut r = rng(12);
+    let rows = 33_000;
+    let layout = KvLayout {
+        num_blocks: rows,
+        block_size: 2,
+        num_kv_heads: 1,
+        head_dim: 8,
+    };
+    // Two query heads per row: 66 000 workgroups. Decodes at 1 or 2 tokens.
+    let seqs = (0..rows).map(|i| (i % 2, 1)).collect();
+    let sc = Scenario::new(&mut r, layout, 2, seqs);
+    check_attention(ctx, &sc, 120, "attention 2D grid");
+}

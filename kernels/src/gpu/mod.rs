@@ -32,7 +32,7 @@
 //! workgroup per item lay their workgroups on a 2D grid and compute the item
 //! as `x + y * width` (see [`grid`]).
 //!
-//! Every kernel is tested against the CPU reference in `tests/gpu.rs`, on
+//! Every kernel is tested against the CPU reference in `tests/gpu/`, on
 //! lavapipe (Mesa's software Vulkan) where there is no GPU.
 
 mod attention;

@@ -8,7 +8,7 @@ RELEASE    := target/release/sdlab
 MODEL      ?= smollm2-135m-instruct
 PROMPT     ?= What is the capital of France?
 
-.PHONY: all build run chat learn test models bench bench-rag clean lint fmt check lora-demo
+.PHONY: all build run chat learn test models vulkan bench bench-rag clean lint fmt check lora-demo
 
 all: build
 
@@ -36,9 +36,19 @@ chat: models build
 learn: models build
 	$(RELEASE) learn
 
-## Everything the suite needs, then the suite (real-model checks included).
-test: models
-	SDLAB_REQUIRE_REAL_MODELS=1 SDLAB_REQUIRE_NETWORK_TESTS=1 $(CARGO) test --workspace --all-targets
+## A Vulkan driver for the GPU kernel tests: lavapipe (Mesa's software
+## Vulkan) unless it is installed. The tests prefer a real GPU when one is there.
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+vulkan:
+	@if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then :; else \
+	  echo "installing lavapipe (mesa-vulkan-drivers, libvulkan1)"; \
+	  $(SUDO) apt-get install -y mesa-vulkan-drivers libvulkan1 || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y mesa-vulkan-drivers libvulkan1; }; \
+	fi
+
+## Everything the suite needs, then the suite (real-model and GPU checks included).
+test: models vulkan
+	SDLAB_REQUIRE_REAL_MODELS=1 SDLAB_REQUIRE_NETWORK_TESTS=1 SDLAB_REQUIRE_GPU=1 $(CARGO) test --workspace --all-targets
 	SDLAB_REQUIRE_REAL_MODELS=1 $(CARGO) test --workspace --doc
 	$(CARGO) test -p hld --features shuttle --test shuttle
 

@@ -16,10 +16,14 @@
 //! - [`lora`]: batched LoRA (BGMV/SGMV): each row of a mixed batch gets its
 //!   own adapter's low-rank delta on top of the shared base projection.
 //!
-//! Every kernel reduces with [`simd::dot`], whose summation order depends only
+//! - [`gpu`]: the same kernels in WGSL on wgpu (Vulkan), recorded into one
+//!   command encoder per pass; tested against these references on lavapipe.
+//!
+//! Every CPU kernel reduces with [`simd::dot`], whose summation order depends only
 //! on the vector length.
 
 pub mod attention;
+pub mod gpu;
 pub mod linear;
 pub mod lora;
 pub mod q8_0;
@@ -30,6 +34,7 @@ pub mod simd;
 pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
 pub use linear::linear;
 pub use lora::{bgmv, LoraFactors};
+pub use reference::RopeStyle;
 
 /// Errors from kernel argument checks. Kernels validate shapes once at entry
 /// and then run without bounds surprises.

@@ -1,0 +1,120 @@
+//! GPU kernels on wgpu (Vulkan), written in WGSL, behind the same shapes as
+//! the CPU kernels.
+//!
+//! What is here: every kernel a Llama forward pass needs, each a compute
+//! shader in `shaders/*.wgsl` and a method of [`GpuContext`] that records
+//! one dispatch into a caller's [`wgpu::CommandEncoder`]:
+//! embedding gather, RMSNorm, RoPE, the tiled matmul (also the logits
+//! against the tied embedding), SiLU-mul, residual add, the K/V scatter into
+//! the block pools, paged attention (decode and chunked prefill over block
+//! tables, grouped-query heads, the same pool layout as
+//! [`crate::attention::KvLayout`]) and batched LoRA (BGMV, as
+//! [`crate::lora::bgmv`]).
+//!
+//! Why it is shaped this way: a forward pass is a few hundred small kernels.
+//! Submitting and waiting for each would cost more than the work, and
+//! copying activations back and forth would saturate the bus. So
+//! [`GpuContext`] is created once (device, queue, every pipeline compiled up
+//! front); weights, the KV pools and activations live in [`GpuTensor`]s on
+//! the device; each kernel only *records* into an encoder, so a whole pass
+//! is one submit; and what crosses the bus per step is the token ids,
+//! positions, slots and block tables going up and the logits coming down.
+//! Quantized weights are dequantized to f32 on upload
+//! ([`GpuContext::upload_q4_1`], [`GpuContext::upload_q8_0`]): the shaders
+//! only read f32.
+//!
+//! Each kernel's small parameters (sizes, eps, scale) go in a uniform buffer
+//! of their own, created for that dispatch, so that several dispatches of
+//! one encoder never share (and overwrite) parameters.
+//!
+//! Grids: a dispatch may have at most `max_compute_workgroups_per_dimension`
+//! (65535 by default) workgroups per dimension, so kernels with one
+//! workgroup per item lay their workgroups on a 2D grid and compute the item
+//! as `x + y * width` (see [`grid`]).
+//!
+//! Every kernel is tested against the CPU reference in `tests/gpu/`, on
+//! lavapipe (Mesa's software Vulkan) where there is no GPU.
+
+mod attention;
+mod context;
+mod lora;
+mod ops;
+mod tensor;
+
+pub use attention::GpuAttentionBatch;
+pub use context::{AdapterSummary, GpuContext};
+pub use lora::GpuLora;
+pub use tensor::{DType, GpuTensor};
+/// The wgpu this layer is built on, so callers record into its encoders
+/// without depending on a matching version themselves.
+pub use wgpu;
+
+use crate::KernelError;
+
+/// Errors from the GPU layer.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found (backends: {0}); install a Vulkan driver, e.g. lavapipe: apt-get install mesa-vulkan-drivers libvulkan1")]
+    NoAdapter(String),
+    #[error("the adapter refused a device: {0}")]
+    Device(#[from] wgpu::RequestDeviceError),
+    #[error("{what} needs {bytes} bytes, above the device limit of {limit}")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("dispatch of {0} workgroups is above what a 2D grid can hold")]
+    Grid(u64),
+    #[error("a kernel failed to compile: {0}")]
+    Pipeline(String),
+    #[error("reading a buffer back failed: {0}")]
+    Map(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+pub type Result<T> = std::result::Result<T, GpuError>;
+
+/// Lays `n` workgroups on a 2D grid no wider than `max` per dimension:
+/// `(x, y)` with `x * y >= n`. Shaders recover the item index as
+/// `wg.x + wg.y * num_workgroups.x` and skip indices `>= n`.
+pub fn grid(n: u64, max: u32) -> Result<(u32, u32)> {
+    let max = max as u64;
+    if n <= max {
+        return Ok((n.max(1) as u32, 1));
+    }
+    let y = n.div_ceil(max);
+    if y > max {
+        return Err(GpuError::Grid(n));
+    }
+    Ok((max as u32, y as u32))
+}
+
+pub(crate) fn shape(kernel: &'static str, detail: impl Into<String>) -> GpuError {
+    GpuError::Kernel(crate::shape_err(kernel, detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn grid_covers_every_item_within_limits() {
+        for (n, max) in [
+            (0, 65535),
+            (1, 65535),
+            (65535, 65535),
+            (65536, 65535),
+            (10, 4),
+        ] {
+            let (x, y) = grid(n, max).unwrap();
+            assert!(x <= max && y <= max);
+            assert!(x as u64 * y as u64 >= n);
+            // The last row is needed: one fewer would not cover n.
+            assert!(n == 0 || (x as u64) * (y as u64 - 1) < n);
+        }
+        assert_eq!(grid(10, 4).unwrap(), (4, 3));
+        assert!(grid(17, 4).is_err());
+    }
+}

@@ -25,7 +25,9 @@ mod rag_cmd;
 mod rag_collection_cmd;
 mod rag_service;
 mod recsys_cmd;
+mod router;
 mod serve_limits;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +72,11 @@ enum Command {
     Lesson(lesson_cmd::LessonArgs),
     /// The lesson menu: pick a module and a lesson, run it, read why, see the code.
     Learn(learn::LearnArgs),
+    /// An OpenAI-compatible router over replicas: prefix-aware or load-aware
+    /// routing, health checks, breakers, retries, failover mid-stream.
+    Router(router::RouterArgs),
+    /// Start N local replicas of `sdlab serve` and a router in front of them.
+    Up(up::UpArgs),
 }
 
 #[derive(Subcommand)]
@@ -186,6 +193,10 @@ struct EngineArgs {
     /// Shortest n-gram looked up for a draft.
     #[arg(long, default_value_t = 2, value_name = "N")]
     prompt_lookup_min: usize,
+    /// Chaos testing: sleep this many milliseconds before every model step,
+    /// so a load test can kill a replica mid-stream.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    chaos_step_delay_ms: u64,
 }
 
 impl EngineArgs {
@@ -202,6 +213,7 @@ impl EngineArgs {
                 prompt_lookup_max: self.prompt_lookup_max,
                 prompt_lookup_min: self.prompt_lookup_min,
             }),
+            chaos_step_delay: std::time::Duration::from_millis(self.chaos_step_delay_ms),
         }
     }
 }
@@ -362,6 +374,8 @@ fn main() {
         Command::Recsys(c) => recsys_cmd::run(c),
         Command::Lesson(a) => lesson_cmd::run(a),
         Command::Learn(a) => learn::run(a),
+        Command::Router(a) => router::run(a),
+        Command::Up(a) => up::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -59,6 +59,23 @@ impl ModelRunner for LlamaRunner {
     }
 }
 
+/// Chaos monkey's latency: a runner that sleeps before every step.
+pub struct SlowRunner<R> {
+    pub inner: R,
+    pub delay: std::time::Duration,
+}
+
+impl<R: ModelRunner> ModelRunner for SlowRunner<R> {
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String> {
+        std::thread::sleep(self.delay);
+        self.inner.forward(batch)
+    }
+}
+
 /// Engine limits as the CLI takes them; turned into an [`EngineConfig`] once
 /// the model (and so the KV bytes per token) is known.
 #[derive(Debug, Clone)]
@@ -72,6 +89,9 @@ pub struct EngineOptions {
     pub enable_prefix_caching: bool,
     /// Prompt-lookup speculative decoding; `None` is off.
     pub speculative: Option<crate::spec_decode::NgramConfig>,
+    /// Chaos: sleep this long before every model step (0: off), so load
+    /// and failover tests can kill a replica mid-stream.
+    pub chaos_step_delay: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -84,6 +104,7 @@ impl Default for EngineOptions {
             max_model_len: 0,
             enable_prefix_caching: true,
             speculative: None,
+            chaos_step_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -135,8 +156,16 @@ pub fn start_llama_engine(
         model: loaded.model,
         cache,
     };
+    let runner: Box<dyn ModelRunner> = if opts.chaos_step_delay.is_zero() {
+        Box::new(runner)
+    } else {
+        Box::new(SlowRunner {
+            inner: runner,
+            delay: opts.chaos_step_delay,
+        })
+    };
     Ok(crate::engine::Engine::start(
-        Box::new(runner),
+        runner,
         loaded.tokenizer,
         config,
     ))

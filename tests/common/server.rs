@@ -26,17 +26,25 @@ impl Server {
     /// `sdlab serve ARGS --port 0`; the URL is read from its log (which
     /// `tracing` writes to stdout).
     pub fn start(args: &[&str]) -> Server {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--host", "127.0.0.1", "--port", "0"]);
+        Self::launch(&all, "")
+    }
+
+    /// `sdlab ARGS`; its URL is the first `http://127.0.0.1:PORT` on a
+    /// stdout line containing `marker`, and it is up when `/health` is 200.
+    pub fn launch(args: &[&str], marker: &str) -> Server {
+        let marker = marker.to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sdlab"))
-            .arg("serve")
             .args(args)
-            .args(["--host", "127.0.0.1", "--port", "0"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("SDLAB_API_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting sdlab serve");
+            .expect("starting sdlab");
         let stdout = child.stdout.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -44,7 +52,10 @@ impl Server {
         thread::spawn(move || {
             // Keep draining, so the server never blocks on a full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("http://127.0.0.1:") {
+                if let Some(at) = line
+                    .find("http://127.0.0.1:")
+                    .filter(|_| line.contains(&marker))
+                {
                     let port: String = line[at + 17..]
                         .chars()
                         .take_while(char::is_ascii_digit)
@@ -75,6 +86,24 @@ impl Server {
             thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `within` for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log(&self) -> String {

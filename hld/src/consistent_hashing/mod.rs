@@ -172,6 +172,28 @@ impl HashRing {
         Some(*node)
     }
 
+    /// Every node once, in the order a clockwise walk from `key` meets
+    /// them: the owner first, then where its keys would spill. Consistent
+    /// hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018)
+    /// takes the first node in this order that is under its load cap.
+    pub fn node_indices_from(&self, key: impl AsRef<[u8]>) -> Vec<usize> {
+        let h = hash_bytes(key.as_ref(), self.seed);
+        let start = self.ring.partition_point(|&(p, _)| p < h);
+        let mut seen = vec![false; self.names.len()];
+        let mut order = Vec::with_capacity(self.names.len());
+        for k in 0..self.ring.len() {
+            let (_, node) = self.ring[(start + k) % self.ring.len()];
+            if !seen[node] {
+                seen[node] = true;
+                order.push(node);
+                if order.len() == self.names.len() {
+                    break;
+                }
+            }
+        }
+        order
+    }
+
     /// Name of the node owning `key`; `None` on an empty ring.
     pub fn node_for(&self, key: impl AsRef<[u8]>) -> Option<&str> {
         self.node_index_for(key).map(|i| self.names[i].as_str())

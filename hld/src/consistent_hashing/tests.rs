@@ -159,3 +159,22 @@ fn lesson_shows_the_effect() {
     );
     assert!(r.optimal["maglev_load_stddev"] < 0.1, "{}", r.table());
 }
+
+/// The walk from a key starts at its owner and meets every node once.
+#[test]
+fn walk_from_a_key_starts_at_its_owner_and_covers_every_node() {
+    let names: Vec<String> = (0..5).map(|i| format!("node-{i}")).collect();
+    let ring = HashRing::with_nodes(64, 9, &names).unwrap();
+    for k in 0..200u32 {
+        let key = format!("key-{k}");
+        let order = ring.node_indices_from(&key);
+        assert_eq!(Some(order[0]), ring.node_index_for(&key));
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..5).collect::<Vec<_>>());
+    }
+    assert!(HashRing::new(8, 1)
+        .unwrap()
+        .node_indices_from("x")
+        .is_empty());
+}

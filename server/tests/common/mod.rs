@@ -49,6 +49,7 @@ pub fn engine_options() -> EngineOptions {
         max_model_len: 0,
         enable_prefix_caching: true,
         speculative: None,
+        chaos_step_delay: std::time::Duration::ZERO,
     }
 }
 

@@ -37,9 +37,9 @@
 //! would read every candidate with the question: 10 passages of about 300
 //! tokens, some 3,000 prompt tokens per query, 8 to 15 s per query at
 //! SmolLM2's 200 to 400 prompt tokens/s on two cores (`sdlab bench
-//! model`), several minutes for this lesson's questions. That is the price a real reranker's model pays
-//! too, which is why production rerankers are small, batched on a GPU, and
-//! see only the top few dozen.
+//! model`), several minutes for this lesson's questions. A real reranker's
+//! model pays that price too, which is why production rerankers are small,
+//! batched on a GPU, and see only the top few dozen.
 //!
 //! The data: the Python FAQ of `sdlab rag eval --dataset python-faq`
 //! (`rag::faq`, question headings removed), its "General" and "Extending"
@@ -52,6 +52,7 @@
 //! search rather than a rerank). Scores are `rag::faq_eval::score`, the
 //! eval's: hit@1, hit@5, MRR@10, a passage being relevant when it holds
 //! the first 12 words of the real answer.
+//!
 //! Look at `mrr`, `hit_at_1`, `hit_at_5` and `ms_per_query` for each
 //! pipeline (`_dense`, `_hyde`, `_hyde_answer`: the answer's vector alone,
 //! `_dense_rerank`, `_hyde_rerank`), at `hyde_llm_ms_lone` (what HyDE adds
@@ -64,8 +65,8 @@
 //! HyDE does not help. Its answers have the right vocabulary only some of
 //! the time ("Can I create my own functions in C?" gets a Python `def`),
 //! and averaging them into the query moved more questions down than up:
-//! MRR 0.65 against dense's 0.68, the answer's vector alone 0.53, and over
-//! a second per query of LLM time. The BM25 rerank helps a lot for free:
+//! MRR 0.65 against dense's 0.68, the answer's vector alone 0.53, for 0.8
+//! to 1.1 s of LLM time per query. The BM25 rerank helps a lot for free:
 //! MRR 0.68 to 0.81, hit@1 0.50 to 0.73, 0.01 ms per query. Likely
 //! because these questions name rare words that their answers repeat
 //! (`Py_BuildValue`, `PyErr_Print`, "newsgroup", "Monty Python"), which a

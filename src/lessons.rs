@@ -143,6 +143,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "speculative-decoding",
             "semantic-cache",
             "rag-chunking",
+            "rag-hyde-rerank",
             "hnsw",
             "two-tower",
             "mixture-of-experts",

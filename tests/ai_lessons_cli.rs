@@ -234,3 +234,65 @@ fn two_tower_beats_popularity() {
         );
     }
 }
+
+#[test]
+fn rag_hyde_rerank_measures_every_pipeline_and_keeps_the_candidates() {
+    if !real_model_present() || !common::minilm_present() || !cached("data/python3.11-doc/faq") {
+        return;
+    }
+    let r = run("rag-hyde-rerank");
+    let pipelines = [
+        "dense",
+        "dense_rerank",
+        "hyde",
+        "hyde_answer",
+        "hyde_rerank",
+    ];
+    let mut best_mrr: f64 = 0.0;
+    for p in pipelines {
+        let m = |name: &str| metric(&r, "optimal", &format!("{name}_{p}"));
+        let (h1, h5, mrr) = (m("hit_at_1"), m("hit_at_5"), m("mrr"));
+        for v in [h1, h5, mrr] {
+            assert!((0.0..=1.0).contains(&v), "{p}: {r}");
+        }
+        // A question found at rank 1 is found in the top 5, and adds 1 to
+        // the reciprocal-rank sum.
+        assert!(h5 >= h1 && mrr >= h1, "{p}: {r}");
+        assert!(m("ms_per_query") > 0.0, "{p}: {r}");
+        best_mrr = best_mrr.max(mrr);
+    }
+    // The naive side is the plain dense pipeline; the optimal side is the
+    // pipeline with the best MRR, whichever it is.
+    for s in ["hit_at_1", "hit_at_5", "mrr", "ms_per_query"] {
+        assert_eq!(
+            metric(&r, "naive", s),
+            metric(&r, "optimal", &format!("{s}_dense")),
+            "{s}: {r}"
+        );
+    }
+    assert_eq!(metric(&r, "optimal", "mrr"), best_mrr, "{r}");
+    assert!(
+        metric(&r, "optimal", "mrr") >= metric(&r, "naive", "mrr"),
+        "{r}"
+    );
+    assert_eq!(metric(&r, "naive", "questions"), 40.0, "{r}");
+    // HyDE's queries really went through the LLM: non-empty answers of at
+    // most 48 new tokens, an LLM call slower than an embedding, and the
+    // batched answers equal to those generated alone.
+    let tokens = metric(&r, "optimal", "hyde_new_tokens");
+    assert!(tokens > 0.0 && tokens <= 48.0, "{r}");
+    assert!(metric(&r, "optimal", "hyde_answer_chars") > 0.0, "{r}");
+    assert!(
+        metric(&r, "optimal", "ms_per_query_hyde") > metric(&r, "optimal", "ms_per_query_dense"),
+        "{r}"
+    );
+    assert_eq!(
+        metric(&r, "optimal", "hyde_lone_equals_batched"),
+        1.0,
+        "{r}"
+    );
+    assert!(r["notes"].as_str().unwrap().contains("\" -> \""), "{r}");
+    // The rerank reorders the first stage's candidates, never swaps them.
+    assert_eq!(metric(&r, "optimal", "rerank_kept_candidates"), 1.0, "{r}");
+    assert_eq!(metric(&r, "optimal", "candidates"), 10.0, "{r}");
+}

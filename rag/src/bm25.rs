@@ -83,19 +83,26 @@ impl Bm25 {
     /// The score of every document for `query`.
     pub fn scores(&self, query: &str) -> Vec<f64> {
         let q = tokenize(query);
-        self.docs
-            .iter()
-            .zip(&self.lens)
-            .map(|(tf, &len)| {
-                let norm = self.k1 * (1.0 - self.b + self.b * len as f64 / self.avg_len.max(1e-9));
-                q.iter()
-                    .map(|t| {
-                        let f = *tf.get(t).unwrap_or(&0) as f64;
-                        self.idf.get(t).copied().unwrap_or(0.0) * f * (self.k1 + 1.0) / (f + norm)
-                    })
-                    .sum()
+        (0..self.docs.len()).map(|d| self.score(&q, d)).collect()
+    }
+
+    /// The scores of documents `docs` (indices) for `query`, in that order:
+    /// what a second stage needs for its candidates alone.
+    pub fn scores_of(&self, query: &str, docs: &[usize]) -> Vec<f64> {
+        let q = tokenize(query);
+        docs.iter().map(|&d| self.score(&q, d)).collect()
+    }
+
+    /// Document `d`'s score for the query tokens `q`.
+    fn score(&self, q: &[String], d: usize) -> f64 {
+        let (tf, len) = (&self.docs[d], self.lens[d]);
+        let norm = self.k1 * (1.0 - self.b + self.b * len as f64 / self.avg_len.max(1e-9));
+        q.iter()
+            .map(|t| {
+                let f = *tf.get(t).unwrap_or(&0) as f64;
+                self.idf.get(t).copied().unwrap_or(0.0) * f * (self.k1 + 1.0) / (f + norm)
             })
-            .collect()
+            .sum()
     }
 
     /// The `k` best documents, best first (ties by index).
@@ -145,6 +152,10 @@ mod tests {
         assert!((s[0] - want).abs() < 1e-12, "{} vs {want}", s[0]);
         assert_eq!(s[1], 0.0);
         assert_eq!(bm.top_k("dog down", 1)[0].0, 1);
+        assert_eq!(bm.scores_of("cat dog", &[2, 0]), {
+            let all = bm.scores("cat dog");
+            vec![all[2], all[0]]
+        });
         // "the" and "sat" appear in 2 of 3 documents: idf would be negative,
         // so it is floored at epsilon times the mean idf, and stays >= 0.
         assert!(bm.scores("the").iter().all(|&v| v >= 0.0));

@@ -137,6 +137,24 @@ pub fn load(doc_root: &Path) -> Result<(Vec<Document>, Vec<Question>)> {
     Ok((docs, questions))
 }
 
+/// The documents named in `names` and the questions whose answers they
+/// hold: a smaller test set, for experiments that cannot embed it all.
+pub fn restrict(
+    docs: Vec<Document>,
+    questions: Vec<Question>,
+    names: &[&str],
+) -> (Vec<Document>, Vec<Question>) {
+    let docs: Vec<Document> = docs
+        .into_iter()
+        .filter(|d| names.contains(&d.name.as_str()))
+        .collect();
+    let questions = questions
+        .into_iter()
+        .filter(|q| docs.iter().any(|d| q.is_relevant(&d.text)))
+        .collect();
+    (docs, questions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +202,26 @@ published scripts.
         assert!(qs[1].is_relevant(&corpus));
         assert!(qs[0].is_relevant("x Python is an interpreted,\n interactive, object-oriented programming language.  It incorporates modules. y"));
         assert!(!qs[0].is_relevant("Python is an interpreted language"));
+    }
+
+    #[test]
+    fn restrict_keeps_the_questions_the_documents_answer() {
+        let doc = |name: &str, text: &str| Document {
+            name: name.into(),
+            text: text.into(),
+        };
+        let q = |key: &str| Question {
+            question: "?".into(),
+            answer: key.into(),
+            key: key.into(),
+        };
+        let (docs, qs) = restrict(
+            vec![doc("general", "alpha  beta"), doc("windows", "gamma")],
+            vec![q("alpha beta"), q("gamma")],
+            &["general"],
+        );
+        assert_eq!(docs.len(), 1);
+        assert_eq!(qs.len(), 1);
+        assert_eq!(qs[0].key, "alpha beta");
     }
 }

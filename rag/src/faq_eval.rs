@@ -90,8 +90,10 @@ pub fn word_windows(text: &str, size: usize, stride: usize) -> Vec<Chunk> {
     out
 }
 
-/// Ranks (0-based) of the first relevant passage in each ranked list.
-fn score(questions: &[Question], passages: &[&str], rankings: &[Vec<usize>]) -> Scores {
+/// hit@1, hit@5 and MRR@10 of ranked lists of passage indices, one list
+/// per question (a question is answered at the first passage among the top
+/// 10 that contains its answer key).
+pub fn score(questions: &[Question], passages: &[&str], rankings: &[Vec<usize>]) -> Scores {
     let mut s = Scores::default();
     for (q, ranked) in questions.iter().zip(rankings) {
         if let Some(r) = ranked

@@ -11,6 +11,8 @@
 //!   exact (flat) and HNSW, persisted to a directory.
 //! - [`bm25`]: the lexical baseline, and reciprocal-rank fusion for hybrid
 //!   retrieval; [`faq`]: the Python FAQ as a retrieval test set.
+//! - [`rerank`]: two-stage retrieval (candidates, then a second-stage
+//!   reorder) and HyDE's averaged query vectors.
 //! - [`store`]: chunk text and metadata in SQLite, keyed by vector id;
 //!   [`collection`]: the four together on disk, crash-safe ingestion.
 
@@ -22,6 +24,7 @@ pub mod faq;
 pub mod faq_eval;
 pub mod hashing;
 pub mod index;
+pub mod rerank;
 pub mod store;
 
 /// Everything that can go wrong in retrieval.

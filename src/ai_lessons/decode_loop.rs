@@ -102,6 +102,85 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Plain greedy decoding with the KV cache: one prefill, then one forward
+/// pass per new token. Returns the `n` new tokens. (The reference
+/// [`greedy_batch`] is tested against.)
+#[cfg(test)]
+pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let mut seq = Seq::new(model, prompt.len() + n);
+    let mut next = argmax(&seq.feed(model, prompt, false)?);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next);
+        if out.len() < n {
+            next = argmax(&seq.feed(model, &[next], false)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Greedy decoding of several prompts at once: one batched prefill, then
+/// one forward pass per step over every sequence still running. A sequence
+/// stops after `n` new tokens or at a token of `stop` (kept in its output).
+/// Each gets the tokens [`greedy`] gives it alone (the kernels compute every
+/// row the same whatever the batch).
+pub fn greedy_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    n: usize,
+    stop: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    anyhow::ensure!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "every prompt needs a token"
+    );
+    // Each sequence owns a contiguous run of blocks in one shared cache.
+    let per_seq: Vec<usize> = prompts
+        .iter()
+        .map(|p| (p.len() + n).div_ceil(BLOCK_SIZE).max(1))
+        .collect();
+    let mut cache = KvCache::new(&model.cfg, per_seq.iter().sum::<usize>().max(1), BLOCK_SIZE);
+    let mut tables = Vec::with_capacity(prompts.len());
+    let mut first = 0u32;
+    for &b in &per_seq {
+        tables.push((first..first + b as u32).collect::<Vec<u32>>());
+        first += b as u32;
+    }
+    let vocab = model.cfg.vocab_size;
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); prompts.len()];
+    let mut lens: Vec<usize> = vec![0; prompts.len()];
+    // The batch's new tokens per sequence: the prompts, then one each.
+    let mut feed: Vec<(usize, Vec<u32>)> = prompts.iter().cloned().enumerate().collect();
+    while !feed.is_empty() && n > 0 {
+        let tokens: Vec<u32> = feed.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let mut rows = Vec::with_capacity(feed.len());
+        let mut chunks = Vec::with_capacity(feed.len());
+        let mut at = 0;
+        for (i, t) in &feed {
+            chunks.push(SeqChunk {
+                block_table: &tables[*i],
+                start: lens[*i],
+                len: t.len(),
+                adapter: None,
+            });
+            at += t.len();
+            rows.push(at - 1);
+        }
+        let logits = model.forward(&tokens, &chunks, &rows, &mut cache)?;
+        let mut next = Vec::with_capacity(feed.len());
+        for (r, (i, t)) in feed.iter().enumerate() {
+            lens[*i] += t.len();
+            let tok = argmax(&logits[r * vocab..][..vocab]);
+            out[*i].push(tok);
+            if out[*i].len() < n && !stop.contains(&tok) {
+                next.push((*i, vec![tok]));
+            }
+        }
+        feed = next;
+    }
+    Ok(out)
+}
+
 /// The `tiny` synthetic model (random weights, 384 tokens), written to a
 /// scratch folder and loaded, for unit tests that need no download.
 #[cfg(test)]
@@ -143,6 +222,23 @@ mod tests {
         let lb = b.feed(&m, &[5, 6, 7, 8, 9, 10], true).unwrap();
         let vocab = m.cfg.vocab_size;
         assert_eq!(la, lb[4 * vocab..].to_vec());
+    }
+
+    /// Batched greedy gives each prompt what plain greedy gives it alone,
+    /// and a stop token ends only its own sequence.
+    #[test]
+    fn greedy_batch_equals_greedy_alone() {
+        let m = tiny_model(3);
+        let prompts = vec![vec![5, 6, 7], vec![9; 20], vec![42]];
+        let alone: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&m, p, 6).unwrap()).collect();
+        assert_eq!(greedy_batch(&m, &prompts, 6, &[]).unwrap(), alone);
+        let stop = alone[1][2];
+        let cut = greedy_batch(&m, &prompts, 6, &[stop]).unwrap();
+        for (c, a) in cut.iter().zip(&alone) {
+            let end = a.iter().position(|&t| t == stop).map_or(a.len(), |p| p + 1);
+            assert_eq!(c, &a[..end]);
+        }
+        assert!(cut[1].len() <= 3);
     }
 
     #[test]

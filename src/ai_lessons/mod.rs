@@ -16,6 +16,7 @@ mod lora;
 mod paged_attention;
 mod quantization;
 mod rag_chunking;
+mod rag_hyde_rerank;
 mod sampling;
 mod semantic_cache;
 mod speculative_decoding;
@@ -58,6 +59,7 @@ pub fn lessons() -> Vec<AiLesson> {
         ai_lesson!(hnsw),
         ai_lesson!(semantic_cache),
         ai_lesson!(rag_chunking),
+        ai_lesson!(rag_hyde_rerank),
         ai_lesson!(two_tower),
     ]
 }

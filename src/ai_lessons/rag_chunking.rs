@@ -44,7 +44,6 @@ use crate::rag_collection_cmd::{chunkers, embedder};
 use anyhow::{Context, Result};
 use hld::LessonReport;
 use rag::embed::Embedder;
-use rag::faq::{Document, Question};
 use rag::faq_eval::{embed_questions, score_chunker, ChunkerScores};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,19 +62,6 @@ const NAIVE: &str = "fixed:500";
 const STRUCTURED: [&str; 2] = ["recursive:500", "structured:500"];
 /// Other strategies, reported as suffixed rows.
 const OTHERS: [&str; 1] = ["fixed:500:100"];
-
-/// The chosen FAQ documents and the questions whose answers they hold.
-fn subset(docs: Vec<Document>, questions: Vec<Question>) -> (Vec<Document>, Vec<Question>) {
-    let docs: Vec<Document> = docs
-        .into_iter()
-        .filter(|d| DOCS.contains(&d.name.as_str()))
-        .collect();
-    let questions = questions
-        .into_iter()
-        .filter(|q| docs.iter().any(|d| q.is_relevant(&d.text)))
-        .collect();
-    (docs, questions)
-}
 
 /// A metric-name suffix for a chunker spec: `fixed:500:100` -> `fixed_500_100`.
 fn suffix(spec: &str) -> String {
@@ -127,7 +113,7 @@ fn best<'a>(rows: &[&'a ChunkerScores]) -> &'a ChunkerScores {
 pub fn lesson(_seed: u64) -> Result<LessonReport> {
     let doc_root = models::loader::cache_dir().join("data/python3.11-doc");
     let (docs, questions) = rag::faq::load(&doc_root)?;
-    let (docs, questions) = subset(docs, questions);
+    let (docs, questions) = rag::faq::restrict(docs, questions, &DOCS);
     let emb = embedder(&None).context("loading all-MiniLM-L6-v2 (run `make models`)")?;
     let specs: Vec<String> = std::iter::once(NAIVE)
         .chain(STRUCTURED)
@@ -224,25 +210,5 @@ mod tests {
     fn suffix_is_a_metric_name() {
         assert_eq!(suffix("fixed:500:100"), "fixed_500_100");
         assert_eq!(suffix("recursive-500"), "recursive_500");
-    }
-
-    #[test]
-    fn subset_keeps_the_questions_the_documents_answer() {
-        let doc = |name: &str, text: &str| Document {
-            name: name.into(),
-            text: text.into(),
-        };
-        let q = |key: &str| Question {
-            question: "?".into(),
-            answer: key.into(),
-            key: key.into(),
-        };
-        let (docs, qs) = subset(
-            vec![doc("general", "alpha  beta"), doc("windows", "gamma")],
-            vec![q("alpha beta"), q("gamma")],
-        );
-        assert_eq!(docs.len(), 1);
-        assert_eq!(qs.len(), 1);
-        assert_eq!(qs[0].key, "alpha beta");
     }
 }

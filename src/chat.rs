@@ -40,6 +40,7 @@ pub fn run(
             prompt_tokens,
             params: params.clone(),
             adapter: adapter.clone(),
+            resume_tokens: 0,
         })?;
         let mut answer = String::new();
         let mut out = std::io::stdout();

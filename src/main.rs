@@ -436,6 +436,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         prompt_tokens,
         params,
         adapter,
+        resume_tokens: 0,
     })?;
     let stats = engine.stats();
     if a.json {

@@ -418,7 +418,7 @@ fn over_the_rate_limit_is_429_and_the_key_is_required() {
     synth(&model, 14);
     let r = replica(model.to_str().unwrap(), 0);
     let front = router(
-        &[r.url.clone()],
+        std::slice::from_ref(&r.url),
         &["--rate-limit", "0.5", "--burst", "3", "--api-key", "sk-1"],
     );
     let get = |auth: bool| {

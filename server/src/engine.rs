@@ -59,6 +59,13 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     /// The LoRA adapter to run under (held until the request finishes).
     pub adapter: Option<Arc<ActiveAdapter>>,
+    /// The last `resume_tokens` prompt tokens are output of an earlier
+    /// generation that this request resumes (a router's failover): they
+    /// pass through the detokenizer, the stop matcher and the penalty
+    /// counts silently, so text held back there (an open UTF-8 character, a
+    /// partial stop string) comes out exactly as it would have. 0: a plain
+    /// prompt.
+    pub resume_tokens: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -422,13 +429,20 @@ impl StepLoop {
                     )
                     .map_err(|e| EngineError::Rejected(e.to_string()));
                 if result.is_ok() {
-                    let detok = IncrementalDetokenizer::new(
+                    let resume = req.resume_tokens.min(req.prompt_tokens.len() - 1);
+                    let (context, resumed) =
+                        req.prompt_tokens.split_at(req.prompt_tokens.len() - resume);
+                    let mut detok = IncrementalDetokenizer::new(
                         self.tokenizer.tokenizer.clone(),
-                        &req.prompt_tokens,
+                        context,
                         true,
                     );
-                    let stops = StopMatcher::new(params.stop.clone());
-                    let sampler = Sampler::new(params, &req.prompt_tokens);
+                    let mut stops = StopMatcher::new(params.stop.clone());
+                    let mut sampler = Sampler::new(params, context);
+                    for &t in resumed {
+                        let _ = stops.push(&detok.push(t));
+                        sampler.observe(t);
+                    }
                     self.requests.insert(
                         id,
                         RequestState {

@@ -248,14 +248,20 @@ impl Sampler {
                 (Some(chosen), top)
             }
         };
-        *self.output_counts.entry(token_id).or_insert(0) += 1;
-        if self.params.repetition_penalty != 1.0 {
-            self.seen.insert(token_id);
-        }
+        self.observe(token_id);
         SampledToken {
             token_id,
             logprob,
             top_logprobs,
+        }
+    }
+
+    /// Counts `token` as already generated (for the penalties) without
+    /// sampling: a resumed request replays its earlier output this way.
+    pub fn observe(&mut self, token: u32) {
+        *self.output_counts.entry(token).or_insert(0) += 1;
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token);
         }
     }
 

@@ -77,6 +77,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
             ..SamplingParams::greedy(max_tokens)
         },
         adapter: None,
+        resume_tokens: 0,
     }
 }
 
@@ -244,6 +245,7 @@ fn requests_that_can_never_fit_are_rejected_clearly() {
             ..SamplingParams::greedy(4)
         },
         adapter: None,
+        resume_tokens: 0,
     };
     assert!(e
         .add_request(bad)
@@ -273,6 +275,7 @@ fn stop_strings_and_seeded_sampling() {
             prompt_tokens: prompt.clone(),
             params,
             adapter: None,
+            resume_tokens: 0,
         })
         .unwrap()
     };
@@ -296,6 +299,7 @@ fn stop_strings_and_seeded_sampling() {
             prompt_tokens: prompt,
             params,
             adapter: None,
+            resume_tokens: 0,
         })
         .unwrap();
     assert_eq!(stopped.finish_reason, FinishReason::Stop);
@@ -342,6 +346,7 @@ fn speculative_decoding_keeps_every_output() {
             prompt_tokens: p.clone(),
             params,
             adapter: None,
+            resume_tokens: 0,
         }
     };
     let run = |spec: Option<NgramConfig>, blocks: usize| {

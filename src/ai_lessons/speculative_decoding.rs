@@ -109,6 +109,7 @@ fn run_engine(prompts: &[Vec<u32>], speculative: Option<NgramConfig>) -> Result<
                 ..SamplingParams::greedy(TOKENS)
             },
             adapter: None,
+            resume_tokens: 0,
         })?;
         tokens += out.usage.completion_tokens;
         outputs.push(out.token_ids);

@@ -295,6 +295,7 @@ pub fn run_continuous_with(
                 prompt_tokens: r.prompt.clone(),
                 params: greedy(r.output_len),
                 adapter: adapters.get(i).cloned().flatten(),
+                resume_tokens: 0,
             })
             .context("the engine refused a request")?;
         let want = r.output_len;

@@ -213,8 +213,17 @@ impl Pool {
             return None;
         }
         let order = self.order(key, &open);
+        // The ring's owner of this key, for the affinity rate.
+        let owner = (self.policy == Policy::PrefixHash)
+            .then(|| {
+                self.ring
+                    .node_indices_from(key)
+                    .into_iter()
+                    .find(|i| open.contains(i))
+            })
+            .flatten();
         let now = self.started.elapsed();
-        for (rank, i) in order.into_iter().enumerate() {
+        for i in order {
             let r = &self.replicas[i];
             let decision = r
                 .breaker
@@ -223,7 +232,7 @@ impl Pool {
                 .check(now);
             if let Decision::Allow(permit) = decision {
                 if self.policy == Policy::PrefixHash {
-                    self.metrics.affinity(rank == 0);
+                    self.metrics.affinity(owner == Some(i));
                 }
                 r.inflight.fetch_add(1, Ordering::Relaxed);
                 self.metrics.sent(i);
@@ -424,7 +433,7 @@ mod tests {
         }
         assert_eq!(p.breaker_states()[0].0, 2, "open after 2 of 2 failures");
         for _ in 0..4 {
-            assert_eq!(p.pick(b"k", &[]).unwrap().index, 1);
+            assert_eq!(take(&p, b"k", &[]), 1);
         }
         let pick = p.pick(b"k", &[]).unwrap();
         pick.mark_down();

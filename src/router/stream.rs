@@ -9,13 +9,17 @@
 //! and relays that stream as the rest of this one (turned back into chat
 //! chunks for a chat request). Token ids, not text, so nothing is
 //! re-tokenized: under greedy decoding the replica computes exactly the
-//! state the dead one had, and the client reads the same text. Usage at the
+//! state the dead one had. `resume_tokens` (sdlab's extension) tells it
+//! which prompt ids are output already streamed: it replays them through
+//! its detokenizer, stop matcher and penalty counts without emitting, so
+//! text the dead replica held back (an open UTF-8 character, a partial stop
+//! string) comes out now and the client reads the same text. Usage at the
 //! end counts the original prompt and every generated token.
 //!
 //! Limits: `n` > 1 streams are not continued (the client gets an error
-//! event); a stop string split across the failover point is not matched; a
-//! seeded sampled stream stays valid but is not the same draw; logprobs are
-//! not carried into the continuation.
+//! event); a seeded sampled stream stays valid but is not the same draw;
+//! logprobs are not carried into the continuation; a replica that is not
+//! sdlab would ignore `resume_tokens`.
 
 use super::pool::{Pick, Replica};
 use super::proxy::{back_off, new_backoff, retryable, routing_key, Answer};
@@ -296,6 +300,7 @@ impl Relay {
         }
         let mut b = json!({
             "prompt": ids,
+            "resume_tokens": self.generated.len(),
             "max_tokens": remaining,
             "stream": true,
             "return_token_ids": true,

@@ -48,6 +48,9 @@ pub struct Job {
     adapter: Option<AdapterLease>,
     /// Put `token_ids` and `prompt_token_ids` in each choice.
     token_ids: bool,
+    /// Trailing prompt tokens that are resumed output (see
+    /// [`GenerateRequest::resume_tokens`]).
+    resume_tokens: usize,
 }
 
 impl Job {
@@ -119,6 +122,7 @@ impl Job {
             created: st.created,
             adapter: None,
             token_ids: false,
+            resume_tokens: 0,
         })
     }
 
@@ -136,6 +140,21 @@ impl Job {
     pub fn with_token_ids(mut self, on: bool) -> Self {
         self.token_ids = on;
         self
+    }
+
+    /// Marks the last `n` tokens of every prompt as resumed output (sdlab's
+    /// `resume_tokens` extension, which `sdlab router` uses to continue a
+    /// stream on another replica).
+    pub fn with_resume(mut self, n: Option<u32>) -> Result<Self, ApiError> {
+        let n = n.unwrap_or(0) as usize;
+        if n > 0 && self.prompts.iter().any(|(p, _)| n >= p.len()) {
+            return Err(ApiError::bad(
+                "`resume_tokens` must be smaller than the prompt",
+                "resume_tokens",
+            ));
+        }
+        self.resume_tokens = n;
+        Ok(self)
     }
 
     /// The prompt ids of choice `i`, when the client asked for ids.
@@ -209,6 +228,7 @@ impl Job {
                         prompt_tokens: prompt.clone(),
                         params,
                         adapter: self.adapter.as_ref().map(AdapterLease::adapter),
+                        resume_tokens: self.resume_tokens,
                     })
                     .await?;
                 guard.track(id, prompt.len());

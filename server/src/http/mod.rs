@@ -458,7 +458,8 @@ async fn prepare_completion(
         n,
     )?
     .with_adapter(adapter)
-    .with_token_ids(req.return_token_ids.unwrap_or(false));
+    .with_token_ids(req.return_token_ids.unwrap_or(false))
+    .with_resume(req.resume_tokens)?;
     Ok(Prepared {
         job,
         stream: req.stream.unwrap_or(false),

@@ -59,6 +59,9 @@ pub struct CompletionRequest {
     /// vLLM's extension: each choice also carries its `token_ids` (every
     /// stream chunk the ids it adds) and its `prompt_token_ids`.
     pub return_token_ids: Option<bool>,
+    /// sdlab's extension: the prompt's last N tokens are output being
+    /// resumed (detokenized and counted silently).
+    pub resume_tokens: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

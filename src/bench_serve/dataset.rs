@@ -11,6 +11,8 @@
 //! - `random`: words drawn uniformly from a fixed list of common English words,
 //!   with the seeded RNG (what `vllm bench serve --dataset-name random` does
 //!   with token ids, done with words).
+//! - `shared-prefix`: a few random-word prefixes shared by many prompts,
+//!   each prompt one prefix plus words of its own.
 //! - `austen`: runs of consecutive paragraphs of *Pride and Prejudice*, from a
 //!   paragraph chosen with the seeded RNG, the last one cut at a word boundary.
 
@@ -50,6 +52,29 @@ pub fn random(n: usize, input_len: usize, rng: &mut StdRng) -> Vec<Prompt> {
             Prompt {
                 text,
                 approx_tokens: approx_tokens(words),
+            }
+        })
+        .collect()
+}
+
+/// `n` prompts, each one of `groups` random-word prefixes of about
+/// `prefix_len` tokens (chosen at random) followed by about `input_len`
+/// tokens of its own.
+pub fn shared_prefix(
+    n: usize,
+    groups: usize,
+    prefix_len: usize,
+    input_len: usize,
+    rng: &mut StdRng,
+) -> Vec<Prompt> {
+    let prefixes = random(groups, prefix_len, rng);
+    random(n, input_len, rng)
+        .into_iter()
+        .map(|own| {
+            let p = &prefixes[rng.random_range(0..prefixes.len())];
+            Prompt {
+                text: format!("{}\n\n{}", p.text, own.text),
+                approx_tokens: p.approx_tokens + own.approx_tokens,
             }
         })
         .collect()
@@ -184,5 +209,24 @@ mod tests {
         assert!(austen("  \n\n", 2, 8, &mut StdRng::seed_from_u64(1)).is_empty());
         let p = &austen(text, 1, 4, &mut StdRng::seed_from_u64(3))[0];
         assert_eq!(p.text.split_whitespace().count(), 3);
+    }
+}
+
+#[cfg(test)]
+mod shared_prefix_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn prompts_share_few_prefixes_and_differ_after_them() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let ps = shared_prefix(40, 4, 64, 8, &mut rng);
+        assert_eq!(ps.len(), 40);
+        let heads: std::collections::HashSet<&str> =
+            ps.iter().map(|p| p.text.split("\n\n").next().unwrap()).collect();
+        assert!(heads.len() <= 4 && heads.len() > 1, "{}", heads.len());
+        let whole: std::collections::HashSet<&str> = ps.iter().map(|p| p.text.as_str()).collect();
+        assert!(whole.len() > 30);
+        assert!(ps.iter().all(|p| p.approx_tokens >= 64));
     }
 }

@@ -51,6 +51,11 @@ pub enum Dataset {
     Random,
     /// Consecutive paragraphs of Pride and Prejudice.
     Austen,
+    /// `--num-prefixes` shared prefixes of `--prefix-len` tokens, each
+    /// prompt one of them plus `--input-len` tokens of its own (vLLM's
+    /// prefix-repetition workload): what prefix caching and prefix-aware
+    /// routing are for.
+    SharedPrefix,
 }
 
 impl Dataset {
@@ -58,6 +63,7 @@ impl Dataset {
         match self {
             Dataset::Random => "random",
             Dataset::Austen => "austen",
+            Dataset::SharedPrefix => "shared-prefix",
         }
     }
 }
@@ -92,6 +98,13 @@ pub struct BenchServeArgs {
     /// Prompt length in tokens, approximately (sized in words at 0.75 words per token).
     #[arg(long, default_value_t = 256)]
     pub input_len: usize,
+    /// `--dataset shared-prefix`: tokens in each shared prefix (before the
+    /// prompt's own --input-len).
+    #[arg(long, default_value_t = 256)]
+    pub prefix_len: usize,
+    /// `--dataset shared-prefix`: how many different prefixes.
+    #[arg(long, default_value_t = 8)]
+    pub num_prefixes: usize,
     /// max_tokens of every request.
     #[arg(long, default_value_t = 128)]
     pub output_len: usize,
@@ -167,6 +180,13 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(a.seed);
     let prompts = match a.dataset {
         Dataset::Random => dataset::random(a.num_prompts, a.input_len, &mut rng),
+        Dataset::SharedPrefix => dataset::shared_prefix(
+            a.num_prompts,
+            a.num_prefixes.max(1),
+            a.prefix_len,
+            a.input_len,
+            &mut rng,
+        ),
         Dataset::Austen => dataset::austen_file(
             &dataset::austen_path(a.dataset_path.as_deref()),
             a.num_prompts,

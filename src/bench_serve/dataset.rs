@@ -222,8 +222,10 @@ mod shared_prefix_tests {
         let mut rng = StdRng::seed_from_u64(1);
         let ps = shared_prefix(40, 4, 64, 8, &mut rng);
         assert_eq!(ps.len(), 40);
-        let heads: std::collections::HashSet<&str> =
-            ps.iter().map(|p| p.text.split("\n\n").next().unwrap()).collect();
+        let heads: std::collections::HashSet<&str> = ps
+            .iter()
+            .map(|p| p.text.split("\n\n").next().unwrap())
+            .collect();
         assert!(heads.len() <= 4 && heads.len() > 1, "{}", heads.len());
         let whole: std::collections::HashSet<&str> = ps.iter().map(|p| p.text.as_str()).collect();
         assert!(whole.len() > 30);

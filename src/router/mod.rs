@@ -295,10 +295,12 @@ pub async fn serve(
             }
         })
     };
+    let policy = clap::ValueEnum::to_possible_value(&args.policy)
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     println!(
-        "sdlab router on http://{addr} over {} replicas ({:?}): {}",
+        "sdlab router on http://{addr} over {} replicas ({policy}): {}",
         state.pool.replicas.len(),
-        args.policy,
         args.replicas.join(", ")
     );
     let served = axum::serve(listener, app)

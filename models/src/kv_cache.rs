@@ -15,13 +15,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(cfg: &LlamaConfig, num_blocks: usize, block_size: usize) -> Self {
-        let layout = KvLayout {
+    /// The pool layout of a cache of `num_blocks` blocks of `block_size`
+    /// tokens for `cfg` (shared with [`crate::gpu::GpuLlama`]'s pools).
+    pub fn new_layout(cfg: &LlamaConfig, num_blocks: usize, block_size: usize) -> KvLayout {
+        KvLayout {
             num_blocks,
             block_size,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
-        };
+        }
+    }
+
+    pub fn new(cfg: &LlamaConfig, num_blocks: usize, block_size: usize) -> Self {
+        let layout = Self::new_layout(cfg, num_blocks, block_size);
         let pool = || {
             (0..cfg.num_layers)
                 .map(|_| vec![0f32; layout.elems()])

@@ -11,12 +11,14 @@
 //!   loaded from `tokenizer.json`, and chat templates rendered with minijinja.
 //! - [`loader`]: resolves `--model` (a path or a known name) and loads it.
 //! - [`lora`]: PEFT LoRA adapters, applied per row in the batch or merged.
+//! - [`gpu`]: the same forward pass on the GPU kernels of `kernels::gpu`.
 //! - [`synth`]: a small deterministic model for tests that need no download.
 
 pub mod bert;
 pub mod chat;
 pub mod config;
 pub mod eval;
+pub mod gpu;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
@@ -50,6 +52,8 @@ pub enum ModelError {
     Template(String),
     #[error("invalid input: {0}")]
     Input(String),
+    #[error("GPU: {0}")]
+    Gpu(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

@@ -105,6 +105,11 @@ impl Llama {
         &self.lm_head
     }
 
+    /// RoPE angle tables, `cos` and `sin`, each `[max_positions, head_dim / 2]`.
+    pub fn rope_tables(&self) -> (&[f32], &[f32]) {
+        (&self.rope_cos, &self.rope_sin)
+    }
+
     /// Bytes of weights read per forward pass (embeddings excluded).
     pub fn weight_bytes(&self) -> usize {
         let l: usize = self
@@ -152,7 +157,7 @@ impl Llama {
         let cfg = &self.cfg;
         let (h, t) = (cfg.hidden_size, tokens.len());
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        self.validate(tokens, seqs, logit_rows, cache)?;
+        validate_batch(&self.cfg, tokens, seqs, logit_rows, cache.block_size())?;
 
         let mut positions = Vec::with_capacity(t);
         let mut slots = Vec::with_capacity(t);
@@ -255,62 +260,6 @@ impl Llama {
         Ok(())
     }
 
-    fn validate(
-        &self,
-        tokens: &[u32],
-        seqs: &[SeqChunk<'_>],
-        logit_rows: &[usize],
-        cache: &KvCache,
-    ) -> Result<()> {
-        let bad = |m: String| Err(ModelError::Input(m));
-        let total: usize = seqs.iter().map(|s| s.len).sum();
-        if total != tokens.len() {
-            return bad(format!(
-                "chunks cover {total} tokens but {} were given",
-                tokens.len()
-            ));
-        }
-        if let Some(&tok) = tokens
-            .iter()
-            .find(|&&tok| tok as usize >= self.cfg.vocab_size)
-        {
-            return bad(format!(
-                "token id {tok} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            ));
-        }
-        for s in seqs {
-            let end = s.start + s.len;
-            if s.len == 0 || end > self.cfg.max_position_embeddings {
-                return bad(format!(
-                    "chunk {}..{end} is empty or beyond the {} positions the model supports",
-                    s.start, self.cfg.max_position_embeddings
-                ));
-            }
-            if s.block_table.len() * cache.block_size() < end {
-                return bad(format!(
-                    "block table of {} blocks cannot hold {end} tokens",
-                    s.block_table.len()
-                ));
-            }
-        }
-        if let Some(a) = seqs
-            .iter()
-            .filter_map(|s| s.adapter)
-            .find(|a| a.num_layers() != self.layers.len())
-        {
-            return bad(format!(
-                "adapter has {} layers, the model {}",
-                a.num_layers(),
-                self.layers.len()
-            ));
-        }
-        if logit_rows.iter().any(|&r| r >= tokens.len()) {
-            return bad("logit row outside the batch".into());
-        }
-        Ok(())
-    }
-
     /// Rotates each head of `x: [tokens, heads * head_dim]` by its token's position.
     fn rope(&self, x: &mut [f32], positions: &[usize], heads: usize) {
         let d = self.cfg.head_dim;
@@ -331,6 +280,64 @@ impl Llama {
             }
         }
     }
+}
+
+/// Checks a batch against a model of `cfg` and a cache of `block_size`-token
+/// blocks (shared with [`crate::gpu::GpuLlama`]).
+pub(crate) fn validate_batch(
+    cfg: &LlamaConfig,
+    tokens: &[u32],
+    seqs: &[SeqChunk<'_>],
+    logit_rows: &[usize],
+    block_size: usize,
+) -> Result<()> {
+    let bad = |m: String| Err(ModelError::Input(m));
+    let total: usize = seqs.iter().map(|s| s.len).sum();
+    if total != tokens.len() {
+        return bad(format!(
+            "chunks cover {total} tokens but {} were given",
+            tokens.len()
+        ));
+    }
+    if let Some(&tok) = tokens
+        .iter()
+        .find(|&&tok| tok as usize >= cfg.vocab_size)
+    {
+        return bad(format!(
+            "token id {tok} is outside the vocabulary of {}",
+            cfg.vocab_size
+        ));
+    }
+    for s in seqs {
+        let end = s.start + s.len;
+        if s.len == 0 || end > cfg.max_position_embeddings {
+            return bad(format!(
+                "chunk {}..{end} is empty or beyond the {} positions the model supports",
+                s.start, cfg.max_position_embeddings
+            ));
+        }
+        if s.block_table.len() * block_size < end {
+            return bad(format!(
+                "block table of {} blocks cannot hold {end} tokens",
+                s.block_table.len()
+            ));
+        }
+    }
+    if let Some(a) = seqs
+        .iter()
+        .filter_map(|s| s.adapter)
+        .find(|a| a.num_layers() != cfg.num_layers)
+    {
+        return bad(format!(
+            "adapter has {} layers, the model {}",
+            a.num_layers(),
+            cfg.num_layers
+        ));
+    }
+    if logit_rows.iter().any(|&r| r >= tokens.len()) {
+        return bad("logit row outside the batch".into());
+    }
+    Ok(())
 }
 
 /// cos/sin of `position * theta^(-2i/d)`, `[max_positions, head_dim / 2]`.

@@ -67,6 +67,19 @@ pub struct GpuContext {
     summary: AdapterSummary,
 }
 
+fn summarize(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> AdapterSummary {
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: info.backend,
+        device_type: info.device_type,
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        software: info.device_type == wgpu::DeviceType::Cpu,
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+    }
+}
+
 fn rank(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -84,7 +97,14 @@ impl GpuContext {
         pollster::block_on(Self::new_async())
     }
 
-    async fn new_async() -> Result<Self> {
+    /// The adapter [`Self::new`] would pick, without opening a device (a
+    /// cheap check, e.g. for "use the GPU only if it is real hardware").
+    pub fn probe() -> Result<AdapterSummary> {
+        let adapter = pollster::block_on(Self::pick_adapter())?;
+        Ok(summarize(&adapter.get_info(), &adapter.limits()))
+    }
+
+    async fn pick_adapter() -> Result<wgpu::Adapter> {
         let backends = wgpu::Backends::VULKAN;
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends,
@@ -92,7 +112,7 @@ impl GpuContext {
         });
         let mut adapters = instance.enumerate_adapters(backends).await;
         adapters.sort_by_key(|a| rank(a.get_info().device_type));
-        let adapter = match std::env::var("SDLAB_GPU_ADAPTER") {
+        match std::env::var("SDLAB_GPU_ADAPTER") {
             Ok(want) if !want.is_empty() => {
                 let want = want.to_lowercase();
                 adapters
@@ -101,8 +121,11 @@ impl GpuContext {
             }
             _ => adapters.into_iter().next(),
         }
-        .ok_or_else(|| GpuError::NoAdapter(format!("{backends:?}")))?;
+        .ok_or_else(|| GpuError::NoAdapter(format!("{backends:?}")))
+    }
 
+    async fn new_async() -> Result<Self> {
+        let adapter = Self::pick_adapter().await?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -115,16 +138,7 @@ impl GpuContext {
                 trace: wgpu::Trace::Off,
             })
             .await?;
-        let summary = AdapterSummary {
-            name: info.name.clone(),
-            backend: info.backend,
-            device_type: info.device_type,
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
-            software: info.device_type == wgpu::DeviceType::Cpu,
-            max_storage_binding: limits.max_storage_buffer_binding_size,
-        };
+        let summary = summarize(&info, &limits);
         // A shader that does not compile (or a pipeline the device rejects)
         // is an error to return, not a panic in wgpu's default handler.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);

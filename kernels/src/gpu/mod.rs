@@ -41,7 +41,7 @@ mod lora;
 mod ops;
 mod tensor;
 
-pub use attention::GpuAttentionBatch;
+pub use attention::{GpuAttentionBatch, MAX_HEAD_DIM};
 pub use context::{AdapterSummary, GpuContext};
 pub use lora::GpuLora;
 pub use tensor::{DType, GpuTensor};

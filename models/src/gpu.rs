@@ -1,0 +1,317 @@
+//! The decoder on the GPU: [`Llama::forward`]'s batch of sequence chunks,
+//! run by the WGSL kernels of [`kernels::gpu`].
+//!
+//! What lives on the device, uploaded once by [`GpuLlama::new`]: every
+//! weight (quantized ones dequantized to f32, which is what the shaders
+//! read), the RoPE tables, and a K and a V block pool per layer with the
+//! same layout and number of blocks as a [`KvCache`], so the engine's block
+//! tables mean the same thing on either device.
+//!
+//! What crosses the bus per step: up, the token ids, their positions, the
+//! block tables with each row's table offset and KV slot, the logits rows'
+//! indices (and, as every kernel call does, a few bytes of sizes in a
+//! uniform buffer per dispatch); down, only the requested logits rows. The
+//! whole pass (embedding, every layer, the final norm and the LM head) is
+//! recorded into one command encoder and submitted once.
+//!
+//! Activations stay `[tokens, width]` f32 tensors on the device. The
+//! scratch tensors for a batch of `t` tokens and `r` logits rows are kept
+//! and reused while the next step has the same shape (decode steps usually
+//! do); a new shape allocates new ones, which the device zero-fills itself.
+//!
+//! LoRA adapters are not run on the GPU yet: a chunk with an adapter is
+//! refused with [`LORA_UNSUPPORTED`] before anything is recorded.
+//!
+//! Numerics: the same operations in the same order per row as the CPU
+//! decoder, but in f32 with the GPU's own summation order (tiled matmul,
+//! f32 sums of squares, online softmax), so logits agree up to rounding,
+//! not bit for bit. For Q4_1 weights the CPU quantizes activations to Q8_1
+//! and the GPU does not, which widens the gap. Every kernel computes each
+//! row independently of the others, so a sequence's logits do not depend
+//! on the batch it runs in.
+
+use crate::config::RopeStyle;
+use crate::kv_cache::KvCache;
+use crate::llama::{validate_batch, Llama, SeqChunk};
+use crate::weights::Linear;
+use crate::{LlamaConfig, ModelError, Result};
+use kernels::attention::{KvLayout, SeqAttention};
+use kernels::gpu::{DType, GpuError, GpuTensor};
+/// The device layer, re-exported so callers of this module need no direct
+/// dependency on `kernels`.
+pub use kernels::gpu::{AdapterSummary, GpuContext};
+use std::sync::Arc;
+
+/// The error for a chunk with a LoRA adapter.
+pub const LORA_UNSUPPORTED: &str = "LoRA adapters are not supported on --device gpu yet";
+
+impl From<GpuError> for ModelError {
+    fn from(e: GpuError) -> Self {
+        ModelError::Gpu(e.to_string())
+    }
+}
+
+struct GpuLayer {
+    attn_norm: GpuTensor,
+    wq: GpuTensor,
+    wk: GpuTensor,
+    wv: GpuTensor,
+    wo: GpuTensor,
+    ffn_norm: GpuTensor,
+    w_gate: GpuTensor,
+    w_up: GpuTensor,
+    w_down: GpuTensor,
+}
+
+/// Activations for one batch shape: `t` tokens, `r` logits rows.
+struct Scratch {
+    t: usize,
+    r: usize,
+    x: GpuTensor,
+    hn: GpuTensor,
+    q: GpuTensor,
+    k: GpuTensor,
+    v: GpuTensor,
+    attn: GpuTensor,
+    o: GpuTensor,
+    gate: GpuTensor,
+    up: GpuTensor,
+    act: GpuTensor,
+    last: GpuTensor,
+    last_n: GpuTensor,
+    logits: GpuTensor,
+}
+
+/// A [`Llama`]'s weights and KV pools on the device, and its forward pass.
+pub struct GpuLlama {
+    ctx: Arc<GpuContext>,
+    cfg: LlamaConfig,
+    embed: GpuTensor,
+    /// `None`: the LM head is the embedding (tied, same values).
+    lm_head: Option<GpuTensor>,
+    layers: Vec<GpuLayer>,
+    norm: GpuTensor,
+    rope_cos: GpuTensor,
+    rope_sin: GpuTensor,
+    rope_style: kernels::RopeStyle,
+    layout: KvLayout,
+    k_pools: Vec<GpuTensor>,
+    v_pools: Vec<GpuTensor>,
+    scratch: Option<Scratch>,
+}
+
+impl GpuLlama {
+    /// Uploads `model`'s weights and allocates KV pools of `num_blocks`
+    /// blocks of `block_size` tokens (the layout of [`KvCache::new`]).
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        model: &Llama,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
+        let cfg = model.cfg.clone();
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        if d % 2 != 0 || d > kernels::gpu::MAX_HEAD_DIM {
+            return Err(ModelError::Gpu(format!(
+                "head_dim {d}: the GPU attention kernel takes even sizes up to {}",
+                kernels::gpu::MAX_HEAD_DIM
+            )));
+        }
+        let linear = |l: &Linear| -> Result<GpuTensor> {
+            let w = l.to_dense()?;
+            Ok(ctx.upload_f32(&w, &[l.out_features(), l.in_features()])?)
+        };
+        let vector = |v: &[f32]| -> Result<GpuTensor> { Ok(ctx.upload_f32(v, &[v.len()])?) };
+        let embed = ctx.upload_f32(model.embed(), &[cfg.vocab_size, h])?;
+        // A tied head (or one whose values equal the embedding's, as a
+        // quantized copy of it may after dequantization) shares its tensor.
+        let head = model.lm_head();
+        let lm_head = if head.out_features() == cfg.vocab_size
+            && head.in_features() == h
+            && head.to_dense()? == model.embed()
+        {
+            None
+        } else {
+            Some(linear(head)?)
+        };
+        let layers = model
+            .layers()
+            .iter()
+            .map(|l| {
+                Ok(GpuLayer {
+                    attn_norm: vector(&l.attn_norm)?,
+                    wq: linear(&l.wq)?,
+                    wk: linear(&l.wk)?,
+                    wv: linear(&l.wv)?,
+                    wo: linear(&l.wo)?,
+                    ffn_norm: vector(&l.ffn_norm)?,
+                    w_gate: linear(&l.w_gate)?,
+                    w_up: linear(&l.w_up)?,
+                    w_down: linear(&l.w_down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (cos, sin) = model.rope_tables();
+        let table = [cfg.max_position_embeddings, d / 2];
+        let layout = KvCache::new_layout(&cfg, num_blocks, block_size);
+        let pool = || -> Result<Vec<GpuTensor>> {
+            (0..cfg.num_layers)
+                .map(|_| Ok(ctx.zeros(&[layout.elems()], DType::F32)?))
+                .collect()
+        };
+        Ok(Self {
+            norm: vector(model.final_norm())?,
+            rope_cos: ctx.upload_f32(cos, &table)?,
+            rope_sin: ctx.upload_f32(sin, &table)?,
+            rope_style: match cfg.rope_style {
+                RopeStyle::Interleaved => kernels::RopeStyle::Interleaved,
+                RopeStyle::Halves => kernels::RopeStyle::Halves,
+            },
+            k_pools: pool()?,
+            v_pools: pool()?,
+            layout,
+            embed,
+            lm_head,
+            layers,
+            cfg,
+            ctx,
+            scratch: None,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    pub fn cfg(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The KV pools' layout (blocks, block size, KV heads, head size).
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// Whether the LM head shares the embedding's device tensor.
+    pub fn lm_head_is_tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
+    /// What [`Llama::forward`] computes, on the device: runs the batch,
+    /// writes its K/V into the pools, and returns logits
+    /// `[logit_rows.len(), vocab]` for the requested rows of the flattened
+    /// token matrix. The batch is checked as the CPU decoder checks it,
+    /// and a block outside the pools is refused, before anything is recorded.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        seqs: &[SeqChunk<'_>],
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>> {
+        validate_batch(&self.cfg, tokens, seqs, logit_rows, self.layout.block_size)?;
+        if seqs.iter().any(|s| s.adapter.is_some()) {
+            return Err(ModelError::Input(LORA_UNSUPPORTED.into()));
+        }
+        let (t, r) = (tokens.len(), logit_rows.len());
+        let vocab = self.cfg.vocab_size;
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let mut positions = Vec::with_capacity(t);
+        let mut attn_seqs = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            attn_seqs.push(SeqAttention {
+                query_start: positions.len(),
+                query_len: s.len,
+                context_len: s.start + s.len,
+                block_table: s.block_table,
+            });
+            positions.extend((s.start..s.start + s.len).map(|p| p as u32));
+        }
+        // Up the bus: ids, positions, tables/rows/slots, logits row indices.
+        let batch = ctx.attention_batch(&attn_seqs, self.layout)?;
+        let ids = ctx.upload_u32(tokens, &[t])?;
+        let pos = ctx.upload_u32(&positions, &[t])?;
+        let rows: Vec<u32> = logit_rows.iter().map(|&i| i as u32).collect();
+        let rows = ctx.upload_u32(&rows, &[r])?;
+        self.ensure_scratch(t, r)?;
+        let s = self.scratch.as_ref().expect("just ensured");
+
+        let cfg = &self.cfg;
+        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (eps, scale) = (cfg.rms_norm_eps, 1.0 / (d as f32).sqrt());
+        let mut enc = ctx.encoder();
+        let e = &mut enc;
+        ctx.embedding(e, &self.embed, &ids, &s.x)?;
+        for (l, w) in self.layers.iter().enumerate() {
+            let (kc, vc) = (&self.k_pools[l], &self.v_pools[l]);
+            ctx.rms_norm(e, &s.x, &w.attn_norm, eps, &s.hn)?;
+            ctx.matmul(e, &s.hn, &w.wq, &s.q)?;
+            ctx.matmul(e, &s.hn, &w.wk, &s.k)?;
+            ctx.matmul(e, &s.hn, &w.wv, &s.v)?;
+            let style = self.rope_style;
+            ctx.rope(e, &s.q, &pos, &self.rope_cos, &self.rope_sin, nh, style)?;
+            ctx.rope(e, &s.k, &pos, &self.rope_cos, &self.rope_sin, nkv, style)?;
+            ctx.write_kv(e, kc, vc, self.layout, &s.k, &s.v, batch.slots())?;
+            ctx.paged_attention(e, &s.q, kc, vc, nh, &batch, scale, &s.attn)?;
+            ctx.matmul(e, &s.attn, &w.wo, &s.o)?;
+            ctx.add(e, &s.x, &s.o)?;
+            ctx.rms_norm(e, &s.x, &w.ffn_norm, eps, &s.hn)?;
+            ctx.matmul(e, &s.hn, &w.w_gate, &s.gate)?;
+            ctx.matmul(e, &s.hn, &w.w_up, &s.up)?;
+            ctx.silu_mul(e, &s.gate, &s.up, &s.act)?;
+            ctx.matmul(e, &s.act, &w.w_down, &s.o)?;
+            ctx.add(e, &s.x, &s.o)?;
+        }
+        if r == 0 {
+            // A mid-prompt chunk: its K/V are written, no logits are read.
+            ctx.submit(enc);
+            return Ok(Vec::new());
+        }
+        // Only the requested rows go through the final norm and the head:
+        // the embedding kernel is a row gather, `last[i] = x[rows[i]]`.
+        ctx.embedding(e, &s.x, &rows, &s.last)?;
+        ctx.rms_norm(e, &s.last, &self.norm, eps, &s.last_n)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        ctx.matmul(e, &s.last_n, head, &s.logits)?;
+        // Down the bus: the logits rows only.
+        let logits = ctx.finish_and_read_f32(enc, &s.logits)?;
+        debug_assert_eq!(logits.len(), r * vocab);
+        Ok(logits)
+    }
+
+    /// Keeps the scratch of the last shape, or allocates one for `t` tokens
+    /// and `r` logits rows.
+    fn ensure_scratch(&mut self, t: usize, r: usize) -> Result<()> {
+        if self.scratch.as_ref().is_some_and(|s| s.t == t && s.r == r) {
+            return Ok(());
+        }
+        self.scratch = None;
+        let cfg = &self.cfg;
+        let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q, kv) = (
+            cfg.num_heads * cfg.head_dim,
+            cfg.num_kv_heads * cfg.head_dim,
+        );
+        let z = |shape: &[usize]| self.ctx.zeros(shape, DType::F32);
+        self.scratch = Some(Scratch {
+            t,
+            r,
+            x: z(&[t, h])?,
+            hn: z(&[t, h])?,
+            q: z(&[t, q])?,
+            k: z(&[t, kv])?,
+            v: z(&[t, kv])?,
+            attn: z(&[t, q])?,
+            o: z(&[t, h])?,
+            gate: z(&[t, f])?,
+            up: z(&[t, f])?,
+            act: z(&[t, f])?,
+            last: z(&[r, h])?,
+            last_n: z(&[r, h])?,
+            logits: z(&[r, v])?,
+        });
+        Ok(())
+    }
+}

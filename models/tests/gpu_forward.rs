@@ -1,0 +1,296 @@
+//! The decoder on the GPU ([`models::gpu::GpuLlama`]) against the CPU
+//! decoder, on the synthetic "tiny" model (f32 weights, so the only
+//! difference is f32 rounding order).
+//!
+//! Tolerance for logits: |gpu - cpu| <= 1e-4 + 1e-4·|cpu| (f32 throughout;
+//! the GPU sums in tile order and softmaxes online, the CPU in its own
+//! order; two layers; logits of order 1). On lavapipe the largest
+//! difference seen is 4e-6. Greedy tokens must match exactly.
+//!
+//! Without a Vulkan adapter the tests skip with a message, unless `CI=true`
+//! or `SDLAB_REQUIRE_GPU=1`, where they fail.
+
+mod common;
+
+use common::argmax;
+use kernels::gpu::GpuContext;
+use models::gpu::{GpuLlama, LORA_UNSUPPORTED};
+use models::lora::{LoraAdapter, Target};
+use models::{KvCache, Llama, SeqChunk};
+use std::sync::{Arc, OnceLock};
+
+const RTOL: f32 = 1e-4;
+const ATOL: f32 = 1e-4;
+
+fn required() -> bool {
+    let on = |k: &str| {
+        std::env::var(k)
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false)
+    };
+    on("CI") || on("SDLAB_REQUIRE_GPU")
+}
+
+/// The shared context, or `None` (after a message) when there is no adapter
+/// and none is required. Panics when one is required and missing.
+fn gpu_or_skip() -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        use std::io::Write;
+        match GpuContext::new_shared() {
+            Ok(ctx) => {
+                let _ = writeln!(std::io::stderr(), "GPU forward tests on: {}", ctx.adapter());
+                Some(ctx)
+            }
+            Err(e) if required() => {
+                panic!("no GPU adapter, and CI / SDLAB_REQUIRE_GPU requires one: {e}")
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping the GPU forward tests: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)"
+                );
+                None
+            }
+        }
+    })
+    .clone()
+}
+
+fn tiny_model() -> &'static Llama {
+    static MODEL: OnceLock<Llama> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("sdlab-models-gpu-forward-{}", std::process::id()));
+        let preset = models::synth::SynthPreset::by_name("tiny").unwrap();
+        models::synth::write_synthetic_model(&dir, &preset, 13).unwrap();
+        let loaded = models::load(dir.to_str().unwrap(), Default::default()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded.model
+    })
+}
+
+/// A forward pass on one device, with its own KV pools.
+enum Device<'a> {
+    Cpu(&'a Llama, KvCache),
+    Gpu(Box<GpuLlama>),
+}
+
+impl<'a> Device<'a> {
+    fn cpu(model: &'a Llama, blocks: usize, block_size: usize) -> Self {
+        Self::Cpu(model, KvCache::new(&model.cfg, blocks, block_size))
+    }
+
+    fn gpu(ctx: &Arc<GpuContext>, model: &'a Llama, blocks: usize, block_size: usize) -> Self {
+        let g = GpuLlama::new(ctx.clone(), model, blocks, block_size).unwrap();
+        Self::Gpu(Box::new(g))
+    }
+
+    fn forward(&mut self, tokens: &[u32], seqs: &[SeqChunk<'_>], rows: &[usize]) -> Vec<f32> {
+        match self {
+            Self::Cpu(m, cache) => m.forward(tokens, seqs, rows, cache).unwrap(),
+            Self::Gpu(g) => g.forward(tokens, seqs, rows).unwrap(),
+        }
+    }
+}
+
+fn chunk(table: &[u32], start: usize, len: usize) -> SeqChunk<'_> {
+    SeqChunk {
+        block_table: table,
+        start,
+        len,
+        adapter: None,
+    }
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0f32;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(
+            err <= ATOL + RTOL * w.abs(),
+            "{what}[{i}]: gpu {g} vs cpu {w} (|Δ| {err:e})"
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("{what}: {} logits, max |Δ| {worst:e}", got.len());
+    worst
+}
+
+/// Prompts of different lengths, ids spread over the vocabulary.
+fn prompts(vocab: usize) -> Vec<Vec<u32>> {
+    [(7usize, 3usize), (21, 5), (2, 11), (13, 17)]
+        .iter()
+        .map(|&(len, mul)| {
+            (0..len)
+                .map(|i| ((i * mul * 31 + len * 7) % (vocab - 4) + 3) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Greedy decoding of `prompts` in one batch: a joint prefill, then joint
+/// decode steps. Sequence `s` owns blocks `s * per_seq..`, laid out in
+/// reverse so tables are not the identity. Returns each one's tokens and
+/// the logits it was picked from.
+fn greedy_batch(
+    dev: &mut Device<'_>,
+    prompts: &[Vec<u32>],
+    n: usize,
+    per_seq: usize,
+    vocab: usize,
+) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let tables: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|s| (0..per_seq).rev().map(|b| (s * per_seq + b) as u32).collect())
+        .collect();
+    let mut seqs = prompts.to_vec();
+    let mut fed = vec![0usize; prompts.len()];
+    let mut out = vec![(Vec::new(), Vec::new()); prompts.len()];
+    for _ in 0..n {
+        let (mut tokens, mut chunks, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, seq) in seqs.iter().enumerate() {
+            tokens.extend_from_slice(&seq[fed[s]..]);
+            rows.push(tokens.len() - 1);
+            chunks.push(chunk(&tables[s], fed[s], seq.len() - fed[s]));
+        }
+        let logits = dev.forward(&tokens, &chunks, &rows);
+        for (s, row) in logits.chunks_exact(vocab).enumerate() {
+            fed[s] = seqs[s].len();
+            let next = argmax(row);
+            seqs[s].push(next);
+            out[s].0.push(next);
+            out[s].1.extend_from_slice(row);
+        }
+    }
+    out
+}
+
+/// (a) One batch mixing a first prefill chunk, a later prefill chunk of a
+/// prompt already partly cached, and decodes, over scattered block tables;
+/// every requested row's logits against the CPU's.
+#[test]
+fn mixed_prefill_and_decode_batch_matches_cpu() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let model = tiny_model();
+    let vocab = model.cfg.vocab_size;
+    let (blocks, bs) = (16, 4);
+    let mut cpu = Device::cpu(model, blocks, bs);
+    let mut gpu = Device::gpu(&ctx, model, blocks, bs);
+    let tok = |n: usize, seed: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| ((i * 97 + seed * 13) % (vocab - 3) + 3) as u32)
+            .collect()
+    };
+    let (ta, tb, tc) = ([9u32, 2, 14, 5], [0u32, 11, 7], [3u32, 15, 6, 1, 12]);
+    // Step 1: A and C prefill whole prompts (every row's logits), B the
+    // first 5 of its 10 prompt tokens (no logits: mid-prompt).
+    let (a, b, c) = (tok(11, 1), tok(10, 2), tok(17, 3));
+    let mut tokens = a.clone();
+    tokens.extend_from_slice(&b[..5]);
+    tokens.extend_from_slice(&c);
+    let chunks = [chunk(&ta, 0, 11), chunk(&tb, 0, 5), chunk(&tc, 0, 17)];
+    let rows: Vec<usize> = (0..11).chain(16..33).collect();
+    let want = cpu.forward(&tokens, &chunks, &rows);
+    let got = gpu.forward(&tokens, &chunks, &rows);
+    assert_close("prefill rows", &got, &want);
+
+    // Step 2: A decodes one token, B prefills the rest of its prompt (a
+    // chunk starting at 5), C decodes one token; logits of A, B's last
+    // two rows, and C.
+    let mut tokens = vec![argmax(&want[10 * vocab..11 * vocab])];
+    tokens.extend_from_slice(&b[5..]);
+    tokens.push(argmax(&want[27 * vocab..28 * vocab]));
+    let chunks = [chunk(&ta, 11, 1), chunk(&tb, 5, 5), chunk(&tc, 17, 1)];
+    let rows = [0, 4, 5, 6];
+    let want = cpu.forward(&tokens, &chunks, &rows);
+    let got = gpu.forward(&tokens, &chunks, &rows);
+    assert_eq!(got.len(), rows.len() * vocab);
+    assert_close("mixed step rows", &got, &want);
+
+    // Step 3: three decodes, each row's logits out of order.
+    let tokens = [5u32, 6, 7];
+    let chunks = [chunk(&ta, 12, 1), chunk(&tb, 10, 1), chunk(&tc, 18, 1)];
+    let want = cpu.forward(&tokens, &chunks, &[2, 0, 1]);
+    let got = gpu.forward(&tokens, &chunks, &[2, 0, 1]);
+    assert_close("decode rows", &got, &want);
+}
+
+/// (b) Greedy decoding of 16 tokens for four prompts in one batch: the GPU
+/// picks the CPU's tokens, one by one.
+#[test]
+fn greedy_tokens_match_cpu() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let model = tiny_model();
+    let vocab = model.cfg.vocab_size;
+    let ps = prompts(vocab);
+    let (n, per_seq, bs) = (16, 3, 16);
+    let blocks = per_seq * ps.len();
+    let cpu = greedy_batch(&mut Device::cpu(model, blocks, bs), &ps, n, per_seq, vocab);
+    let gpu = greedy_batch(
+        &mut Device::gpu(&ctx, model, blocks, bs),
+        &ps,
+        n,
+        per_seq,
+        vocab,
+    );
+    for (i, ((ct, cl), (gt, gl))) in cpu.iter().zip(&gpu).enumerate() {
+        assert_eq!(gt.len(), n);
+        assert_eq!(gt, ct, "prompt {i}: GPU tokens vs CPU tokens");
+        assert_close(&format!("prompt {i} step logits"), gl, cl);
+    }
+    // The prompts do not all decode alike, or the check proves little.
+    assert!(cpu.iter().any(|(t, _)| t != &cpu[0].0));
+}
+
+/// (c) Batch invariance on the GPU: each prompt decoded alone gives the
+/// same tokens, and bit for bit the same logits, as in a batch with others.
+#[test]
+fn gpu_tokens_do_not_depend_on_the_batch() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let model = tiny_model();
+    let vocab = model.cfg.vocab_size;
+    let ps = prompts(vocab);
+    let (n, per_seq, bs) = (16, 3, 16);
+    let mut batched = Device::gpu(&ctx, model, per_seq * ps.len(), bs);
+    let together = greedy_batch(&mut batched, &ps, n, per_seq, vocab);
+    for (i, p) in ps.iter().enumerate() {
+        let mut alone = Device::gpu(&ctx, model, per_seq, bs);
+        let (tokens, logits) = greedy_batch(&mut alone, &[p.clone()], n, per_seq, vocab)
+            .pop()
+            .unwrap();
+        assert_eq!(tokens, together[i].0, "prompt {i}: alone vs in a batch");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&logits) == bits(&together[i].1),
+            "prompt {i}: logits alone differ from logits in a batch"
+        );
+    }
+}
+
+/// A chunk with a LoRA adapter is refused with a clear error, and a bad
+/// batch with the CPU decoder's checks.
+#[test]
+fn lora_and_bad_batches_are_refused() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let model = tiny_model();
+    let mut g = GpuLlama::new(ctx, model, 4, 16).unwrap();
+    let adapter = LoraAdapter::synth(&model.cfg, 4, &[Target::Q], 1).unwrap();
+    let table = [0u32];
+    let seq = SeqChunk {
+        adapter: Some(&adapter),
+        ..chunk(&table, 0, 3)
+    };
+    let err = g.forward(&[5, 6, 7], &[seq], &[2]).unwrap_err();
+    assert!(err.to_string().contains(LORA_UNSUPPORTED), "{err}");
+    // Block 9 is outside the 4-block pool; token 100000 outside the vocabulary.
+    let far = [9u32];
+    assert!(g.forward(&[5], &[chunk(&far, 0, 1)], &[0]).is_err());
+    assert!(g
+        .forward(&[100_000], &[chunk(&table, 0, 1)], &[0])
+        .is_err());
+    // The pools still work after refused batches.
+    let ok = g.forward(&[5, 6], &[chunk(&table, 0, 2)], &[1]).unwrap();
+    assert_eq!(ok.len(), model.cfg.vocab_size);
+}

@@ -229,6 +229,7 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
     tokenizer: TokenizerInfo,
     config: EngineConfig,
+    device: String,
 }
 
 impl Engine {
@@ -238,6 +239,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
+        let device = runner.device();
         let stats = Arc::new(Mutex::new(EngineStats {
             num_blocks: config.num_blocks,
             free_blocks: config.num_blocks,
@@ -271,11 +273,18 @@ impl Engine {
             thread: Some(thread),
             tokenizer,
             config,
+            device,
         }
     }
 
     pub fn tokenizer(&self) -> &TokenizerInfo {
         &self.tokenizer
+    }
+
+    /// Where the model runs, as its runner describes it ("CPU", or "GPU:
+    /// " and the adapter, its backend and type).
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -2,10 +2,14 @@
 //!
 //! The engine only needs "run these chunks, give me these logits" and the
 //! vocabulary size; [`LlamaRunner`] provides it for sdlab's decoder and its
-//! KV cache. Tests can plug in anything else that implements [`ModelRunner`].
+//! KV cache, [`GpuRunner`] for the same decoder on the GPU
+//! ([`models::gpu::GpuLlama`]). Tests can plug in anything else that
+//! implements [`ModelRunner`].
 
 use crate::lora::ActiveAdapter;
+use models::gpu::{GpuContext, GpuLlama};
 use models::{KvCache, Llama, SeqChunk};
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// One sequence's chunk in a step.
@@ -26,6 +30,10 @@ pub trait ModelRunner: Send {
     fn vocab_size(&self) -> usize;
     /// Logits `[sum of logit_rows, vocab]`, in batch order.
     fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String>;
+    /// Where the model runs, for logs.
+    fn device(&self) -> String {
+        "CPU".into()
+    }
 }
 
 /// sdlab's Llama decoder plus the KV block pool it reads and writes.
@@ -34,28 +42,176 @@ pub struct LlamaRunner {
     pub cache: KvCache,
 }
 
+/// A step's batch flattened as the decoders take it: all tokens, the rows
+/// that need logits, one chunk per sequence.
+fn flatten(batch: &[BatchSeq]) -> (Vec<u32>, Vec<usize>, Vec<SeqChunk<'_>>) {
+    let mut tokens = Vec::new();
+    let mut rows = Vec::new();
+    let mut chunks = Vec::with_capacity(batch.len());
+    for s in batch {
+        tokens.extend_from_slice(&s.tokens);
+        rows.extend(tokens.len() - s.logit_rows.min(s.tokens.len())..tokens.len());
+        chunks.push(SeqChunk {
+            block_table: &s.block_table,
+            start: s.start,
+            len: s.tokens.len(),
+            adapter: s.adapter.as_deref().map(|a| &a.weights),
+        });
+    }
+    (tokens, rows, chunks)
+}
+
 impl ModelRunner for LlamaRunner {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
 
     fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String> {
-        let mut tokens = Vec::new();
-        let mut rows = Vec::new();
-        let mut chunks = Vec::with_capacity(batch.len());
-        for s in batch {
-            tokens.extend_from_slice(&s.tokens);
-            rows.extend(tokens.len() - s.logit_rows.min(s.tokens.len())..tokens.len());
-            chunks.push(SeqChunk {
-                block_table: &s.block_table,
-                start: s.start,
-                len: s.tokens.len(),
-                adapter: s.adapter.as_deref().map(|a| &a.weights),
-            });
-        }
+        let (tokens, rows, chunks) = flatten(batch);
         self.model
             .forward(&tokens, &chunks, &rows, &mut self.cache)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The decoder on the GPU: weights and KV pools live on the device; per
+/// step the ids, positions and block tables go up and the logits rows come
+/// down. Sequences under a LoRA adapter are refused
+/// ([`models::gpu::LORA_UNSUPPORTED`]).
+pub struct GpuRunner {
+    pub model: GpuLlama,
+}
+
+impl GpuRunner {
+    /// Uploads `model` to `ctx`'s device with a KV pool of `num_blocks`
+    /// blocks of `block_size` tokens.
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        model: &Llama,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, String> {
+        GpuLlama::new(ctx, model, num_blocks, block_size)
+            .map(|model| Self { model })
+            .map_err(|e| format!("uploading the model to the GPU: {e}"))
+    }
+}
+
+impl ModelRunner for GpuRunner {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg().vocab_size
+    }
+
+    fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String> {
+        let (tokens, rows, chunks) = flatten(batch);
+        self.model
+            .forward(&tokens, &chunks, &rows)
+            .map_err(|e| e.to_string())
+    }
+
+    fn device(&self) -> String {
+        format!("GPU: {}", self.model.context().adapter())
+    }
+}
+
+/// Where the model runs (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// sdlab's CPU kernels.
+    #[default]
+    Cpu,
+    /// The WGSL kernels on the Vulkan adapter `kernels::gpu` picks (a
+    /// software one such as lavapipe included); an error when there is none.
+    Gpu,
+    /// The GPU when the adapter picked is hardware (not a software
+    /// rasterizer, `DeviceType::Cpu`), else the CPU.
+    Auto,
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "gpu" => Ok(Self::Gpu),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("unknown device `{other}` (cpu, gpu, auto)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+impl Device {
+    /// `Auto` decided without opening a device: `Gpu` when the adapter
+    /// `kernels::gpu` would pick is hardware, else `Cpu`. The others as
+    /// they are.
+    pub fn pick(self) -> Device {
+        match self {
+            Self::Auto => match GpuContext::probe() {
+                Ok(a) if !a.software => Self::Gpu,
+                _ => Self::Cpu,
+            },
+            d => d,
+        }
+    }
+
+    /// The GPU context to run on, or `None` for the CPU. `Gpu` fails when
+    /// no adapter opens; `Auto` falls back to the CPU (with a warning when
+    /// a hardware adapter was found but did not open).
+    pub fn resolve(self) -> Result<Option<Arc<GpuContext>>, String> {
+        match self.pick() {
+            Self::Gpu => match GpuContext::new_shared() {
+                Ok(ctx) => Ok(Some(ctx)),
+                Err(e) if self == Self::Auto => {
+                    tracing::warn!("--device auto: the GPU did not open ({e}); running on the CPU");
+                    Ok(None)
+                }
+                Err(e) => Err(format!("--device gpu: {e}")),
+            },
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The runner for `model` on `device`, with a KV pool of `num_blocks`
+/// blocks of `block_size` tokens ([`ModelRunner::device`] says where it
+/// landed).
+pub fn build_runner(
+    model: Llama,
+    num_blocks: usize,
+    block_size: usize,
+    device: Device,
+) -> Result<Box<dyn ModelRunner>, String> {
+    Ok(match device.resolve()? {
+        // The host copy of the weights is dropped once uploaded.
+        Some(ctx) => Box::new(GpuRunner::new(ctx, &model, num_blocks, block_size)?),
+        None => {
+            let cache = KvCache::new(&model.cfg, num_blocks, block_size);
+            Box::new(LlamaRunner { model, cache })
+        }
+    })
+}
+
+impl<R: ModelRunner + ?Sized> ModelRunner for Box<R> {
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+
+    fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String> {
+        (**self).forward(batch)
+    }
+
+    fn device(&self) -> String {
+        (**self).device()
     }
 }
 
@@ -73,6 +229,10 @@ impl<R: ModelRunner> ModelRunner for SlowRunner<R> {
     fn forward(&mut self, batch: &[BatchSeq]) -> Result<Vec<f32>, String> {
         std::thread::sleep(self.delay);
         self.inner.forward(batch)
+    }
+
+    fn device(&self) -> String {
+        self.inner.device()
     }
 }
 
@@ -92,6 +252,8 @@ pub struct EngineOptions {
     /// Chaos: sleep this long before every model step (0: off), so load
     /// and failover tests can kill a replica mid-stream.
     pub chaos_step_delay: std::time::Duration,
+    /// Where the model runs.
+    pub device: Device,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +267,7 @@ impl Default for EngineOptions {
             enable_prefix_caching: true,
             speculative: None,
             chaos_step_delay: std::time::Duration::ZERO,
+            device: Device::Cpu,
         }
     }
 }
@@ -151,13 +314,10 @@ pub fn start_llama_engine(
         enable_prefix_caching: opts.enable_prefix_caching,
         speculative: opts.speculative,
     };
-    let cache = KvCache::new(cfg, num_blocks, opts.block_size);
-    let runner = LlamaRunner {
-        model: loaded.model,
-        cache,
-    };
+    let runner = build_runner(loaded.model, num_blocks, opts.block_size, opts.device)?;
+    tracing::info!("model runs on the {}", runner.device());
     let runner: Box<dyn ModelRunner> = if opts.chaos_step_delay.is_zero() {
-        Box::new(runner)
+        runner
     } else {
         Box::new(SlowRunner {
             inner: runner,

@@ -50,6 +50,7 @@ pub fn engine_options() -> EngineOptions {
         enable_prefix_caching: true,
         speculative: None,
         chaos_step_delay: std::time::Duration::ZERO,
+        device: server::runner::Device::Cpu,
     }
 }
 

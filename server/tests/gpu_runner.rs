@@ -1,0 +1,149 @@
+//! The engine over [`server::runner::GpuRunner`] (`EngineOptions.device =
+//! Gpu`) against the engine on the CPU: concurrent requests, prompts split
+//! into prefill chunks by a small token budget, the same greedy tokens.
+//!
+//! Without a Vulkan adapter the tests skip with a message, unless `CI=true`
+//! or `SDLAB_REQUIRE_GPU=1`, where they fail.
+
+mod common;
+
+use models::gpu::GpuContext;
+use server::engine::{collect, Engine, FinishReason, GenerateRequest};
+use server::runner::{start_llama_engine, Device, EngineOptions};
+use server::sampler::SamplingParams;
+
+fn required() -> bool {
+    let on = |k: &str| {
+        std::env::var(k)
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false)
+    };
+    on("CI") || on("SDLAB_REQUIRE_GPU")
+}
+
+fn gpu_present() -> bool {
+    match GpuContext::probe() {
+        Ok(a) => {
+            eprintln!("GPU runner tests on: {a}");
+            true
+        }
+        Err(e) if required() => {
+            panic!("no GPU adapter, and CI / SDLAB_REQUIRE_GPU requires one: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping the GPU runner tests: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)");
+            false
+        }
+    }
+}
+
+fn engine(device: Device) -> Engine {
+    let loaded = models::load(common::model_dir().to_str().unwrap(), Default::default()).unwrap();
+    let opts = EngineOptions {
+        // Prompts of 20-60 tokens in chunks of at most 24 tokens a step,
+        // mixed with other sequences' decodes.
+        max_num_batched_tokens: 24,
+        max_num_seqs: 8,
+        device,
+        ..common::engine_options()
+    };
+    start_llama_engine(loaded, &opts).unwrap()
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_tokens: n,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+/// All prompts submitted at once; each one's tokens.
+fn run_all(engine: &Engine, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .add_request(GenerateRequest {
+                    prompt_tokens: p.clone(),
+                    params: greedy(16),
+                    adapter: None,
+                    resume_tokens: 0,
+                })
+                .unwrap()
+                .1
+        })
+        .collect();
+    rxs.into_iter()
+        .map(|mut rx| {
+            let out = collect(&mut rx).unwrap();
+            assert_eq!(out.error, None);
+            assert_eq!(out.finish_reason, FinishReason::Length);
+            out.token_ids
+        })
+        .collect()
+}
+
+#[test]
+fn engine_on_the_gpu_gives_the_cpu_tokens() {
+    if !gpu_present() {
+        return;
+    }
+    let prompts: Vec<Vec<u32>> = [(20usize, 3usize), (61, 7), (33, 11), (5, 13), (47, 5)]
+        .iter()
+        .map(|&(len, mul)| (0..len).map(|i| ((i * mul + len) % 300 + 3) as u32).collect())
+        .collect();
+    let gpu = engine(Device::Gpu);
+    assert!(gpu.device().starts_with("GPU: "), "{}", gpu.device());
+    let cpu = engine(Device::Cpu);
+    assert_eq!(cpu.device(), "CPU");
+    let (g, c) = (run_all(&gpu, &prompts), run_all(&cpu, &prompts));
+    for (i, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert_eq!(g.len(), 16);
+        assert_eq!(g, c, "prompt {i}: GPU engine vs CPU engine");
+    }
+    // More than one step was batched, or the test proves little.
+    assert!(gpu.stats().steps < 16 * prompts.len() as u64);
+}
+
+#[test]
+fn a_lora_request_on_the_gpu_fails_with_a_clear_error() {
+    if !gpu_present() {
+        return;
+    }
+    let engine = engine(Device::Gpu);
+    let cfg = models::load(common::model_dir().to_str().unwrap(), Default::default())
+        .unwrap()
+        .model
+        .cfg;
+    let weights = models::LoraAdapter::synth(&cfg, 4, &[models::LoraTarget::Q], 3).unwrap();
+    let adapter = std::sync::Arc::new(server::lora::ActiveAdapter::new("a", 1, weights));
+    let (_, mut rx) = engine
+        .add_request(GenerateRequest {
+            prompt_tokens: vec![5, 6, 7],
+            params: greedy(4),
+            adapter: Some(adapter),
+            resume_tokens: 0,
+        })
+        .unwrap();
+    // The request finishes with the model's error (which `collect` returns).
+    let err = collect(&mut rx).unwrap_err().to_string();
+    assert!(err.contains(models::gpu::LORA_UNSUPPORTED), "{err}");
+}
+
+#[test]
+fn device_names_parse() {
+    for (s, d) in [
+        ("cpu", Device::Cpu),
+        ("GPU", Device::Gpu),
+        ("auto", Device::Auto),
+    ] {
+        assert_eq!(s.parse::<Device>().unwrap(), d);
+        assert_eq!(d.to_string(), s.to_ascii_lowercase());
+    }
+    assert!("tpu".parse::<Device>().unwrap_err().contains("cpu, gpu, auto"));
+    assert_eq!(Device::Cpu.pick(), Device::Cpu);
+    assert_eq!(Device::Gpu.pick(), Device::Gpu);
+    assert_ne!(Device::Auto.pick(), Device::Auto);
+}

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{ChatMessage, ChatTemplate, LoadOptions, WeightFormat};
 use server::engine::{Engine, GenerateRequest};
-use server::runner::{start_llama_engine, EngineOptions};
+use server::runner::{start_llama_engine, Device, EngineOptions};
 use server::sampler::SamplingParams;
 use server::spec_decode::NgramConfig;
 use std::path::PathBuf;
@@ -197,6 +197,12 @@ struct EngineArgs {
     /// so a load test can kill a replica mid-stream.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     chaos_step_delay_ms: u64,
+    /// Where the model runs: `cpu`; `gpu`, the WGSL kernels on a Vulkan
+    /// adapter (a software one such as lavapipe too; an error when there is
+    /// none); `auto`, the GPU when the adapter is hardware, else the CPU.
+    /// LoRA adapters run on the CPU only.
+    #[arg(long, default_value = "cpu", value_name = "cpu|gpu|auto")]
+    device: Device,
 }
 
 impl EngineArgs {
@@ -214,6 +220,7 @@ impl EngineArgs {
                 prompt_lookup_min: self.prompt_lookup_min,
             }),
             chaos_step_delay: std::time::Duration::from_millis(self.chaos_step_delay_ms),
+            device: self.device,
         }
     }
 }
@@ -407,8 +414,18 @@ fn cli_adapter(
     ))))
 }
 
-fn start_engine(loaded: models::LoadedModel, args: &EngineArgs) -> Result<Engine> {
-    start_llama_engine(loaded, &args.options()).map_err(anyhow::Error::msg)
+/// Starts the engine; `lora` says whether LoRA adapters may be used, which
+/// only the CPU runs: `--device gpu` is then refused, and `auto` is the CPU.
+fn start_engine(loaded: models::LoadedModel, args: &EngineArgs, lora: bool) -> Result<Engine> {
+    let mut opts = args.options();
+    if lora {
+        match opts.device {
+            Device::Gpu => bail!("{}", models::gpu::LORA_UNSUPPORTED),
+            Device::Auto => opts.device = Device::Cpu,
+            Device::Cpu => {}
+        }
+    }
+    start_llama_engine(loaded, &opts).map_err(anyhow::Error::msg)
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -420,7 +437,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let prompt_tokens = loaded.tokenizer.encode(&text)?;
     let adapter = cli_adapter(&loaded, &a.lora)?;
-    let engine = start_engine(loaded, &a.engine)?;
+    let engine = start_engine(loaded, &a.engine, adapter.is_some())?;
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -447,6 +464,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             "steps": stats.steps,
             "spec_draft_tokens": stats.spec_draft_tokens,
             "spec_accepted_tokens": stats.spec_accepted_tokens,
+            "device": engine.device(),
         });
         println!("{v}");
     } else {
@@ -460,11 +478,12 @@ fn generate(a: GenerateArgs) -> Result<()> {
             String::new()
         };
         eprintln!(
-            "[{} prompt + {} completion tokens in {} steps, finish: {}{spec}]",
+            "[{} prompt + {} completion tokens in {} steps, finish: {}{spec}; on {}]",
             out.usage.prompt_tokens,
             out.usage.completion_tokens,
             stats.steps,
-            out.finish_reason.as_str()
+            out.finish_reason.as_str(),
+            engine.device()
         );
     }
     Ok(())
@@ -519,7 +538,7 @@ fn chat_cmd(a: ChatArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let name = loaded.name.clone();
     let adapter = cli_adapter(&loaded, &a.lora)?;
-    let engine = start_engine(loaded, &a.engine)?;
+    let engine = start_engine(loaded, &a.engine, adapter.is_some())?;
     let params = SamplingParams {
         temperature: a.temperature,
         seed: a.seed,
@@ -584,8 +603,10 @@ fn serve(a: ServeArgs) -> Result<()> {
         },
     )?;
     let adapters = loras.list();
-    let engine = start_engine(loaded, &a.engine)?;
+    let lora = !a.lora_modules.is_empty() || a.lora_dir.is_some();
+    let engine = start_engine(loaded, &a.engine, lora)?;
     let cfg = engine.config().clone();
+    let state_device = engine.device().to_string();
     let config = server::http::ServerConfig {
         served_model_name: served.clone(),
         api_key: a.api_key.clone(),
@@ -608,7 +629,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
         let url = format!("http://{}", listener.local_addr()?);
         tracing::info!(
-            "serving {name} as `{served}` ({layers} layers, {weights} weights); KV cache {} MiB = {} blocks x {} = {} tokens; max {} seqs, {} batched tokens, context {}; {url}/v1",
+            "serving {name} as `{served}` ({layers} layers, {weights} weights) on the {}; KV cache {} MiB = {} blocks x {} = {} tokens; max {} seqs, {} batched tokens, context {}; {url}/v1",
+            state_device,
             a.engine.kv_cache_mb,
             cfg.num_blocks,
             cfg.block_size,

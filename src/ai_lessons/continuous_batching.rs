@@ -45,6 +45,7 @@ use crate::bench_batching::workload::WorkloadSpec;
 use anyhow::{bail, Result};
 use hld::LessonReport;
 use models::LoadOptions;
+use server::runner::Device;
 
 /// The lesson's command-line name.
 pub const NAME: &str = "continuous-batching";
@@ -123,8 +124,22 @@ pub fn lesson(seed: u64) -> Result<LessonReport> {
     };
     let work = spec.build(loaded.model.cfg.vocab_size);
     let static_b = KV_BUDGET_TOKENS / MAX_MODEL_LEN;
-    let sequential = modes::run_static(&loaded.model, &work, 1, MAX_MODEL_LEN, BLOCK_SIZE)?;
-    let static_run = modes::run_static(&loaded.model, &work, static_b, MAX_MODEL_LEN, BLOCK_SIZE)?;
+    let sequential = modes::run_static(
+        &loaded.model,
+        &work,
+        1,
+        MAX_MODEL_LEN,
+        BLOCK_SIZE,
+        Device::Cpu,
+    )?;
+    let static_run = modes::run_static(
+        &loaded.model,
+        &work,
+        static_b,
+        MAX_MODEL_LEN,
+        BLOCK_SIZE,
+        Device::Cpu,
+    )?;
     let continuous = modes::run_continuous(
         loaded.model,
         loaded.tokenizer,
@@ -135,6 +150,7 @@ pub fn lesson(seed: u64) -> Result<LessonReport> {
             max_num_seqs: MAX_NUM_SEQS,
             max_num_batched_tokens: 512,
             max_model_len: MAX_MODEL_LEN,
+            device: Device::Cpu,
         },
     )?;
     let want: usize = work.iter().map(|r| r.output_len).sum();

@@ -144,6 +144,7 @@ pub fn lesson(seed: u64) -> Result<LessonReport> {
         max_num_seqs: 16,
         max_num_batched_tokens: 512,
         max_model_len: 512,
+        device: server::runner::Device::Cpu,
     };
     let (base, tok) = (&loaded.model, &loaded.tokenizer);
     let per_req = round_robin(&adapters, work.len());

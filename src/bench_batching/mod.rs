@@ -21,6 +21,7 @@ use crate::latency::Stats;
 use anyhow::{bail, Result};
 use clap::Args;
 use models::{LoadOptions, WeightFormat};
+use server::runner::Device;
 use modes::{ContinuousLimits, ModeRun};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -96,6 +97,11 @@ pub struct BenchBatchingArgs {
     /// Rounds of the LoRA experiment (rows interleaved; medians reported).
     #[arg(long, default_value_t = 1)]
     pub lora_repeat: usize,
+    /// Where the model runs in every mode: `cpu`, `gpu` (the WGSL kernels
+    /// on a Vulkan adapter, lavapipe included) or `auto` (the GPU when it
+    /// is hardware). The LoRA experiment runs on the CPU only.
+    #[arg(long, default_value = "cpu", value_name = "cpu|gpu|auto")]
+    pub device: Device,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -151,6 +157,8 @@ struct SweepPoint {
 struct Report {
     model: String,
     weights: String,
+    /// `cpu` or `gpu` (`auto` decided).
+    device: String,
     workload: WorkloadSpec,
     total_prompt_tokens: usize,
     total_output_tokens: usize,
@@ -200,6 +208,8 @@ struct Setup {
     block_size: usize,
     max_num_batched_tokens: usize,
     kv_bytes_per_token: usize,
+    /// `Cpu` or `Gpu` (`Auto` decided once).
+    device: Device,
 }
 
 impl Setup {
@@ -220,12 +230,25 @@ impl Setup {
         let (limit, run) = match mode {
             Mode::Sequential => (
                 1,
-                modes::run_static(&loaded.model, work, 1, self.max_model_len, self.block_size)?,
+                modes::run_static(
+                    &loaded.model,
+                    work,
+                    1,
+                    self.max_model_len,
+                    self.block_size,
+                    self.device,
+                )?,
             ),
             Mode::Static => {
                 let b = concurrency.min(static_fit);
-                let run =
-                    modes::run_static(&loaded.model, work, b, self.max_model_len, self.block_size)?;
+                let run = modes::run_static(
+                    &loaded.model,
+                    work,
+                    b,
+                    self.max_model_len,
+                    self.block_size,
+                    self.device,
+                )?;
                 (b, run)
             }
             Mode::Continuous => {
@@ -245,6 +268,7 @@ impl Setup {
             max_num_seqs: concurrency,
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_model_len: self.max_model_len,
+            device: self.device,
         }
     }
 
@@ -292,6 +316,9 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         );
     }
     let lora_spec = if a.lora {
+        if a.device == Device::Gpu {
+            bail!("{} (drop --lora or --device gpu)", models::gpu::LORA_UNSUPPORTED);
+        }
         if a.lora_adapters == 0 || a.lora_rank == 0 || a.lora_repeat == 0 {
             bail!("--lora-adapters, --lora-rank and --lora-repeat must be positive");
         }
@@ -324,12 +351,13 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         block_size: a.block_size,
         max_num_batched_tokens: a.max_num_batched_tokens,
         kv_bytes_per_token: cfg.kv_bytes_per_token(),
+        device: if a.lora { Device::Cpu } else { a.device.pick() },
     };
     let total_prompt_tokens: usize = setup.work.iter().map(|r| r.prompt.len()).sum();
     let total_output_tokens: usize = setup.work.iter().map(|r| r.output_len).sum();
     eprintln!(
-        "{name} ({weights}): {} requests, {total_prompt_tokens} prompt + {total_output_tokens} output tokens, rate {}, concurrency {}, KV budget {} tokens",
-        a.num_prompts, a.request_rate, a.concurrency, a.kv_budget_tokens
+        "{name} ({weights}) on {}: {} requests, {total_prompt_tokens} prompt + {total_output_tokens} output tokens, rate {}, concurrency {}, KV budget {} tokens",
+        setup.device, a.num_prompts, a.request_rate, a.concurrency, a.kv_budget_tokens
     );
     if let Some(spec) = &lora_spec {
         eprintln!("(the LoRA experiment sends every request at once)");
@@ -417,6 +445,7 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         let report = Report {
             model: name,
             weights,
+            device: setup.device.to_string(),
             workload: setup.spec.clone(),
             total_prompt_tokens,
             total_output_tokens,

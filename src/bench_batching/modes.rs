@@ -20,7 +20,8 @@ use anyhow::{bail, Context, Result};
 use models::{KvCache, Llama, SeqChunk, TokenizerInfo};
 use server::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest};
 use server::lora::ActiveAdapter;
-use server::runner::LlamaRunner;
+use models::gpu::GpuLlama;
+use server::runner::Device;
 use server::sampler::{Sampler, SamplingParams};
 use std::sync::Arc;
 use std::time::Instant;
@@ -104,6 +105,34 @@ fn sleep_until(t: Instant) {
     }
 }
 
+/// The decoder `static` steps by hand, with its KV pools, on the CPU or
+/// the GPU.
+enum Stepper<'a> {
+    Cpu(&'a Llama, KvCache),
+    Gpu(Box<GpuLlama>),
+}
+
+impl<'a> Stepper<'a> {
+    fn new(model: &'a Llama, blocks: usize, block_size: usize, device: Device) -> Result<Self> {
+        Ok(match device.resolve().map_err(anyhow::Error::msg)? {
+            Some(ctx) => Self::Gpu(Box::new(GpuLlama::new(ctx, model, blocks, block_size)?)),
+            None => Self::Cpu(model, KvCache::new(&model.cfg, blocks, block_size)),
+        })
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        chunks: &[SeqChunk<'_>],
+        rows: &[usize],
+    ) -> models::Result<Vec<f32>> {
+        match self {
+            Self::Cpu(m, cache) => m.forward(tokens, chunks, rows, cache),
+            Self::Gpu(g) => g.forward(tokens, chunks, rows),
+        }
+    }
+}
+
 /// `static` (and, with `batch_limit` 1, `sequential`) on the calling thread.
 pub fn run_static(
     model: &Llama,
@@ -111,6 +140,7 @@ pub fn run_static(
     batch_limit: usize,
     max_model_len: usize,
     block_size: usize,
+    device: Device,
 ) -> Result<ModeRun> {
     if batch_limit == 0 {
         bail!("the KV budget holds no sequence of --max-model-len {max_model_len} tokens");
@@ -123,11 +153,14 @@ pub fn run_static(
     }
     // One contiguous region of `max_model_len` slots per batch row.
     let blocks_per_seq = max_model_len.div_ceil(block_size);
-    let mut cache = KvCache::new(&model.cfg, blocks_per_seq * batch_limit, block_size);
+    let mut model = Stepper::new(model, blocks_per_seq * batch_limit, block_size, device)?;
     let regions: Vec<Vec<u32>> = (0..batch_limit)
         .map(|i| ((i * blocks_per_seq) as u32..((i + 1) * blocks_per_seq) as u32).collect())
         .collect();
-    let vocab = model.cfg.vocab_size;
+    let vocab = match &model {
+        Stepper::Cpu(m, _) => m.cfg.vocab_size,
+        Stepper::Gpu(g) => g.cfg().vocab_size,
+    };
     let started = Instant::now();
     let mut timings: Vec<Option<Timing>> = vec![None; work.len()];
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); work.len()];
@@ -173,7 +206,7 @@ pub fn run_static(
                 adapter: None,
             });
         }
-        let logits = model.forward(&tokens, &chunks, &rows, &mut cache)?;
+        let logits = model.forward(&tokens, &chunks, &rows)?;
         let first = Instant::now();
         let mut last: Vec<u32> = Vec::with_capacity(batch.len());
         let mut produced = vec![1usize; batch.len()];
@@ -201,7 +234,7 @@ pub fn run_static(
                 })
                 .collect();
             let rows: Vec<usize> = (0..live.len()).collect();
-            let logits = model.forward(&toks, &chunks, &rows, &mut cache)?;
+            let logits = model.forward(&toks, &chunks, &rows)?;
             let now = Instant::now();
             for (&s, row) in live.iter().zip(logits.chunks_exact(vocab)) {
                 last[s] = samplers[s].sample(row).token_id;
@@ -248,6 +281,8 @@ pub struct ContinuousLimits {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub max_model_len: usize,
+    /// Where the engine's model runs.
+    pub device: Device,
 }
 
 /// `continuous`: the workload replayed into sdlab's engine at its arrival
@@ -270,9 +305,15 @@ pub fn run_continuous_with(
     adapters: &[Option<Arc<ActiveAdapter>>],
     limits: &ContinuousLimits,
 ) -> Result<ModeRun> {
-    let cache = KvCache::new(&model.cfg, limits.num_blocks, limits.block_size);
+    let runner = server::runner::build_runner(
+        model,
+        limits.num_blocks,
+        limits.block_size,
+        limits.device,
+    )
+    .map_err(anyhow::Error::msg)?;
     let engine = Engine::start(
-        Box::new(LlamaRunner { model, cache }),
+        runner,
         tokenizer,
         EngineConfig {
             num_blocks: limits.num_blocks,

@@ -86,13 +86,7 @@ fn generate_on_gpu_gives_the_cpu_tokens() {
 #[test]
 fn an_unknown_device_is_refused() {
     let out = sdlab(&[
-        "generate",
-        "--model",
-        "tiny",
-        "--prompt",
-        "x",
-        "--device",
-        "tpu",
+        "generate", "--model", "tiny", "--prompt", "x", "--device", "tpu",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

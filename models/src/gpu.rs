@@ -36,10 +36,10 @@ use crate::llama::{validate_batch, Llama, SeqChunk};
 use crate::weights::Linear;
 use crate::{LlamaConfig, ModelError, Result};
 use kernels::attention::{KvLayout, SeqAttention};
-use kernels::gpu::{DType, GpuError, GpuTensor};
 /// The device layer, re-exported so callers of this module need no direct
 /// dependency on `kernels`.
 pub use kernels::gpu::{AdapterSummary, GpuContext};
+use kernels::gpu::{DType, GpuError, GpuTensor};
 use std::sync::Arc;
 
 /// The error for a chunk with a LoRA adapter.

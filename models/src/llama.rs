@@ -299,10 +299,7 @@ pub(crate) fn validate_batch(
             tokens.len()
         ));
     }
-    if let Some(&tok) = tokens
-        .iter()
-        .find(|&&tok| tok as usize >= cfg.vocab_size)
-    {
+    if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= cfg.vocab_size) {
         return bad(format!(
             "token id {tok} is outside the vocabulary of {}",
             cfg.vocab_size

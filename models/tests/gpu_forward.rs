@@ -143,7 +143,12 @@ fn greedy_batch(
     vocab: usize,
 ) -> Vec<(Vec<u32>, Vec<f32>)> {
     let tables: Vec<Vec<u32>> = (0..prompts.len())
-        .map(|s| (0..per_seq).rev().map(|b| (s * per_seq + b) as u32).collect())
+        .map(|s| {
+            (0..per_seq)
+                .rev()
+                .map(|b| (s * per_seq + b) as u32)
+                .collect()
+        })
         .collect();
     let mut seqs = prompts.to_vec();
     let mut fed = vec![0usize; prompts.len()];
@@ -287,9 +292,7 @@ fn lora_and_bad_batches_are_refused() {
     // Block 9 is outside the 4-block pool; token 100000 outside the vocabulary.
     let far = [9u32];
     assert!(g.forward(&[5], &[chunk(&far, 0, 1)], &[0]).is_err());
-    assert!(g
-        .forward(&[100_000], &[chunk(&table, 0, 1)], &[0])
-        .is_err());
+    assert!(g.forward(&[100_000], &[chunk(&table, 0, 1)], &[0]).is_err());
     // The pools still work after refused batches.
     let ok = g.forward(&[5, 6], &[chunk(&table, 0, 2)], &[1]).unwrap();
     assert_eq!(ok.len(), model.cfg.vocab_size);

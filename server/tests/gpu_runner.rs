@@ -31,7 +31,9 @@ fn gpu_present() -> bool {
             panic!("no GPU adapter, and CI / SDLAB_REQUIRE_GPU requires one: {e}")
         }
         Err(e) => {
-            eprintln!("skipping the GPU runner tests: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)");
+            eprintln!(
+                "skipping the GPU runner tests: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)"
+            );
             false
         }
     }
@@ -92,7 +94,11 @@ fn engine_on_the_gpu_gives_the_cpu_tokens() {
     }
     let prompts: Vec<Vec<u32>> = [(20usize, 3usize), (61, 7), (33, 11), (5, 13), (47, 5)]
         .iter()
-        .map(|&(len, mul)| (0..len).map(|i| ((i * mul + len) % 300 + 3) as u32).collect())
+        .map(|&(len, mul)| {
+            (0..len)
+                .map(|i| ((i * mul + len) % 300 + 3) as u32)
+                .collect()
+        })
         .collect();
     let gpu = engine(Device::Gpu);
     assert!(gpu.device().starts_with("GPU: "), "{}", gpu.device());
@@ -142,7 +148,10 @@ fn device_names_parse() {
         assert_eq!(s.parse::<Device>().unwrap(), d);
         assert_eq!(d.to_string(), s.to_ascii_lowercase());
     }
-    assert!("tpu".parse::<Device>().unwrap_err().contains("cpu, gpu, auto"));
+    assert!("tpu"
+        .parse::<Device>()
+        .unwrap_err()
+        .contains("cpu, gpu, auto"));
     assert_eq!(Device::Cpu.pick(), Device::Cpu);
     assert_eq!(Device::Gpu.pick(), Device::Gpu);
     assert_ne!(Device::Auto.pick(), Device::Auto);

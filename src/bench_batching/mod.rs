@@ -21,9 +21,9 @@ use crate::latency::Stats;
 use anyhow::{bail, Result};
 use clap::Args;
 use models::{LoadOptions, WeightFormat};
-use server::runner::Device;
 use modes::{ContinuousLimits, ModeRun};
 use serde::Serialize;
+use server::runner::Device;
 use std::path::PathBuf;
 use workload::{Request, WorkloadSpec};
 
@@ -317,7 +317,10 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
     }
     let lora_spec = if a.lora {
         if a.device == Device::Gpu {
-            bail!("{} (drop --lora or --device gpu)", models::gpu::LORA_UNSUPPORTED);
+            bail!(
+                "{} (drop --lora or --device gpu)",
+                models::gpu::LORA_UNSUPPORTED
+            );
         }
         if a.lora_adapters == 0 || a.lora_rank == 0 || a.lora_repeat == 0 {
             bail!("--lora-adapters, --lora-rank and --lora-repeat must be positive");

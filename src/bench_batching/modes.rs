@@ -17,10 +17,10 @@
 use super::workload::{Request, Timing};
 use crate::latency::{Latency, Stats};
 use anyhow::{bail, Context, Result};
+use models::gpu::GpuLlama;
 use models::{KvCache, Llama, SeqChunk, TokenizerInfo};
 use server::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest};
 use server::lora::ActiveAdapter;
-use models::gpu::GpuLlama;
 use server::runner::Device;
 use server::sampler::{Sampler, SamplingParams};
 use std::sync::Arc;
@@ -305,13 +305,9 @@ pub fn run_continuous_with(
     adapters: &[Option<Arc<ActiveAdapter>>],
     limits: &ContinuousLimits,
 ) -> Result<ModeRun> {
-    let runner = server::runner::build_runner(
-        model,
-        limits.num_blocks,
-        limits.block_size,
-        limits.device,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let runner =
+        server::runner::build_runner(model, limits.num_blocks, limits.block_size, limits.device)
+            .map_err(anyhow::Error::msg)?;
     let engine = Engine::start(
         runner,
         tokenizer,

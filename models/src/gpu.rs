@@ -111,7 +111,7 @@ impl GpuLlama {
     ) -> Result<Self> {
         let cfg = model.cfg.clone();
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
-        if d % 2 != 0 || d > kernels::gpu::MAX_HEAD_DIM {
+        if !d.is_multiple_of(2) || d > kernels::gpu::MAX_HEAD_DIM {
             return Err(ModelError::Gpu(format!(
                 "head_dim {d}: the GPU attention kernel takes even sizes up to {}",
                 kernels::gpu::MAX_HEAD_DIM

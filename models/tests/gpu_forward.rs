@@ -262,7 +262,7 @@ fn gpu_tokens_do_not_depend_on_the_batch() {
     let together = greedy_batch(&mut batched, &ps, n, per_seq, vocab);
     for (i, p) in ps.iter().enumerate() {
         let mut alone = Device::gpu(&ctx, model, per_seq, bs);
-        let (tokens, logits) = greedy_batch(&mut alone, &[p.clone()], n, per_seq, vocab)
+        let (tokens, logits) = greedy_batch(&mut alone, std::slice::from_ref(p), n, per_seq, vocab)
             .pop()
             .unwrap();
         assert_eq!(tokens, together[i].0, "prompt {i}: alone vs in a batch");

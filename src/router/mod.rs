@@ -249,17 +249,12 @@ fn refusal(metrics: &RouterMetrics, err: BoxError) -> Response {
 }
 
 async fn require_api_key(State(st): State<Arc<RouterState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            return RouterError::Unauthorized.into_response();
+    match &st.api_key {
+        Some(key) if !server::http::bearer_matches(req.headers(), key) => {
+            RouterError::Unauthorized.into_response()
         }
+        _ => next.run(req).await,
     }
-    next.run(req).await
 }
 
 async fn metrics_page(State(st): State<Arc<RouterState>>) -> impl IntoResponse {

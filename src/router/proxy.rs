@@ -1,6 +1,7 @@
 //! The request path: idempotency, choosing a replica, retries with full
 //! jitter, and the non-streaming forward. Streams go on in [`super::stream`].
 
+use super::pool::{Pick, Replica};
 use super::{RouterError, RouterState, Stored};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -152,34 +153,35 @@ pub async fn generate(
     }
 }
 
-/// Sends `body` to replicas until one answers with something other than a
-/// retryable status: each failure moves to a replica not yet tried, after a
-/// full-jitter pause; when all were tried the round starts again, until the
-/// deadline.
-pub async fn forward(
+/// Sends the body `make(replica)` builds (None: nothing left to generate)
+/// to replicas not in `avoid` until one answers 2xx: each failure (refused,
+/// 5xx, 429) moves to a replica not yet tried, after a full-jitter pause;
+/// when all were tried the round starts again, until the retry deadline.
+/// `Err(Ok(answer))` is an answer to pass on (non-retryable, or the last
+/// one at the deadline), `Err(Err(_))` no answer at all.
+pub async fn connect(
     st: &Arc<RouterState>,
     path: &str,
-    body: &Value,
-) -> Result<Answer, RouterError> {
-    let key = routing_key(body);
+    key: &[u8],
+    avoid: &[usize],
+    make: impl Fn(&Replica) -> Option<Value>,
+) -> Result<(reqwest::Response, Pick), Result<Answer, RouterError>> {
     let deadline = Instant::now() + st.retry_deadline;
     let mut backoff = new_backoff();
-    let mut tried = Vec::new();
-    let mut last: Option<Answer> = None;
+    let mut tried = avoid.to_vec();
     let mut attempts = 0;
+    let mut last: Option<Answer> = None;
     loop {
-        let Some(pick) = st.pool.pick(&key, &tried) else {
-            if !tried.is_empty() {
-                tried.clear();
-            }
+        let Some(pick) = st.pool.pick(key, &tried) else {
+            tried.clear();
             if !back_off(&mut backoff, deadline).await {
                 st.pool.metrics.shed.inc();
-                return match last {
-                    Some(a) => Ok(a),
+                return Err(match last {
+                    Some(answer) => Ok(answer),
                     None => Err(RouterError::NoReplica(
                         "no replica answered before the retry deadline".into(),
                     )),
-                };
+                });
             }
             continue;
         };
@@ -188,39 +190,78 @@ pub async fn forward(
         }
         attempts += 1;
         tried.push(pick.index);
-        let url = format!("{}{path}", pick.replica().url);
-        let sent = st.client.post(&url).json(body).send().await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%url, error = %e, "replica unreachable; trying another");
-                pick.mark_down();
-                pick.done(false);
-                continue;
-            }
+        let Some(body) = make(pick.replica()) else {
+            pick.done(true);
+            return Err(Err(RouterError::BadRequest(
+                "nothing left to generate".into(),
+            )));
         };
-        let status = resp.status();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        match resp.bytes().await {
-            Ok(bytes) => {
+        let url = format!("{}{path}", pick.replica().url);
+        match st.client.post(&url).json(&body).send().await {
+            Ok(resp) if resp.status().is_success() => return Ok((resp, pick)),
+            Ok(resp) => {
+                let status = resp.status();
+                let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                pick.done(!status.is_server_error());
                 let answer = Answer {
                     status,
                     content_type,
                     body: bytes,
                 };
-                pick.done(!status.is_server_error());
                 if !retryable(status) {
-                    return Ok(answer);
+                    return Err(Ok(answer));
                 }
                 last = Some(answer);
             }
             Err(e) => {
-                tracing::warn!(%url, error = %e, "replica failed mid-answer; trying another");
+                tracing::warn!(%url, error = %e, "replica unreachable; trying another");
                 pick.mark_down();
                 pick.done(false);
             }
         }
     }
+}
+
+/// The non-streaming forward: [`connect`], then the whole body. A replica
+/// that dies while sending its answer is marked down and the request goes
+/// to another one (the client has seen nothing yet).
+pub async fn forward(
+    st: &Arc<RouterState>,
+    path: &str,
+    body: &Value,
+) -> Result<Answer, RouterError> {
+    let key = routing_key(body);
+    let mut avoid = Vec::new();
+    for _ in 0..=2 * st.pool.replicas.len() {
+        let (resp, pick) = match connect(st, path, &key, &avoid, |_| Some(body.clone())).await {
+            Ok(ok) => ok,
+            Err(Ok(answer)) => return Ok(answer),
+            Err(Err(e)) => return Err(e),
+        };
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        match resp.bytes().await {
+            Ok(body) => {
+                pick.done(true);
+                return Ok(Answer {
+                    status,
+                    content_type,
+                    body,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(replica = %pick.replica().url, error = %e, "replica failed mid-answer; trying another");
+                pick.mark_down();
+                avoid = vec![pick.index];
+                pick.done(false);
+                st.pool.metrics.retries.inc();
+            }
+        }
+    }
+    Err(RouterError::NoReplica(
+        "replicas kept failing mid-answer".into(),
+    ))
 }
 
 /// `GET /v1/models`, from any replica that answers.

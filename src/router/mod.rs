@@ -83,17 +83,9 @@ pub struct RouterArgs {
 pub struct RouterState {
     pub pool: Arc<Pool>,
     pub client: reqwest::Client,
-    pub idempotency: IdempotencyStore<u64, Stored>,
+    pub idempotency: IdempotencyStore<u64, proxy::Answer>,
     pub retry_deadline: Duration,
     pub api_key: Option<String>,
-}
-
-/// A finished response kept for idempotent replays.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub status: u16,
-    pub content_type: String,
-    pub body: axum::body::Bytes,
 }
 
 /// The router's own refusals, in OpenAI's error shape.

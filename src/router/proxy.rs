@@ -2,7 +2,7 @@
 //! jitter, and the non-streaming forward. Streams go on in [`super::stream`].
 
 use super::pool::{Pick, Replica};
-use super::{RouterError, RouterState, Stored};
+use super::{RouterError, RouterState};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -36,7 +36,9 @@ pub fn routing_key(body: &Value) -> Vec<u8> {
     key
 }
 
-/// An upstream answer that the router passes on.
+/// An upstream answer that the router passes on (and keeps for idempotent
+/// replays).
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
@@ -44,7 +46,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn into_response(self) -> Response {
+    pub fn into_response(self) -> Response {
         let mut resp = (self.status, self.body).into_response();
         if let Some(ct) = self.content_type {
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -109,14 +111,7 @@ pub async fn generate(
             Claim::Run => {}
             Claim::Replay(stored) => {
                 st.pool.metrics.replays.inc();
-                let mut resp = (
-                    StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
-                    stored.body,
-                )
-                    .into_response();
-                if let Ok(ct) = HeaderValue::from_str(&stored.content_type) {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
-                }
+                let mut resp = stored.into_response();
                 resp.headers_mut()
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
                 return resp;
@@ -131,19 +126,7 @@ pub async fn generate(
     let result = forward(&st, &path, &req).await;
     if let Some(k) = &key {
         match &result {
-            Ok(a) if a.status.is_success() => st.idempotency.finish(
-                k,
-                Stored {
-                    status: a.status.as_u16(),
-                    content_type: a
-                        .content_type
-                        .as_ref()
-                        .and_then(|c| c.to_str().ok())
-                        .unwrap_or("application/json")
-                        .to_string(),
-                    body: a.body.clone(),
-                },
-            ),
+            Ok(a) if a.status.is_success() => st.idempotency.finish(k, a.clone()),
             _ => st.idempotency.release(k),
         }
     }

@@ -22,8 +22,8 @@
 //! sdlab would ignore `resume_tokens`.
 
 use super::pool::{Pick, Replica};
-use super::proxy::{connect, routing_key};
-use super::{RouterError, RouterState, Stored};
+use super::proxy::{connect, routing_key, Answer};
+use super::{RouterError, RouterState};
 use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -70,13 +70,7 @@ pub async fn start(
                 st.idempotency.release(k);
             }
             return match e {
-                Ok(answer) => {
-                    let mut r = (answer.status, answer.body).into_response();
-                    if let Some(ct) = answer.content_type {
-                        r.headers_mut().insert(header::CONTENT_TYPE, ct);
-                    }
-                    r
-                }
+                Ok(answer) => answer.into_response(),
                 Err(e) => e.into_response(),
             };
         }
@@ -433,9 +427,9 @@ impl Relay {
         if complete {
             self.st.idempotency.finish(
                 &k,
-                Stored {
-                    status: 200,
-                    content_type: "text/event-stream".into(),
+                Answer {
+                    status: axum::http::StatusCode::OK,
+                    content_type: Some(header::HeaderValue::from_static("text/event-stream")),
                     body: Bytes::from(std::mem::take(&mut self.kept)),
                 },
             );

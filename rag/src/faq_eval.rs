@@ -3,8 +3,8 @@
 //!
 //! For each chunker: cut the eight FAQ documents ([`crate::faq`], questions
 //! removed) into passages, embed them, and rank them for each of the ~175
-//! questions by exact cosine ([`FlatIndex`]: the eval measures chunking and
-//! embedding, not ANN error). A question is answered at rank r when the
+//! questions by exact cosine ([`FlatIndex`](crate::index::flat::FlatIndex):
+//! the eval measures chunking and embedding, not ANN error). A question is answered at rank r when the
 //! passage at r contains the first 12 words of its answer (whitespace
 //! normalized): hit@1, hit@5 and MRR@10 follow. BM25 (Okapi, k1 1.5, b 0.75,
 //! lower-cased `\w+`) and the hybrid (BM25 and vectors fused by reciprocal
@@ -16,7 +16,7 @@ use crate::bm25::{reciprocal_rank_fusion, Bm25};
 use crate::chunk::{Chunk, Chunker};
 use crate::embed::Embedder;
 use crate::faq::{Document, Question};
-use crate::index::{flat::FlatIndex, VectorIndex};
+use crate::rerank::Dense;
 use crate::Result;
 
 /// hit@1, hit@5, MRR@10.
@@ -121,17 +121,10 @@ fn evaluate(
     passages: &[&str],
     embedder: &dyn Embedder,
 ) -> Result<(Scores, Scores, Scores)> {
-    let vecs = embedder.embed(passages)?;
-    let mut index = FlatIndex::new(embedder.dim())?;
-    let items: Vec<(u64, Vec<f32>)> = vecs
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (i as u64, v))
-        .collect();
-    index.add(&items)?;
+    let dense = Dense::new(embedder.embed(passages)?)?;
     let vector: Vec<Vec<usize>> = q_vecs
         .iter()
-        .map(|q| Ok(index.search(q, 10)?.iter().map(|h| h.id as usize).collect()))
+        .map(|q| dense.top(q, 10))
         .collect::<Result<_>>()?;
     let bm = Bm25::new(passages);
     let lexical: Vec<Vec<usize>> = questions

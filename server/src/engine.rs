@@ -563,8 +563,7 @@ impl StepLoop {
         };
         state.generated += 1;
         let params = state.sampler.params();
-        let is_stop_token = (!params.ignore_eos && eos.contains(&tok.token_id))
-            || params.stop_token_ids.contains(&tok.token_id);
+        let is_stop_token = params.is_stop_token(tok.token_id, eos);
         let at_limit = state.generated >= params.max_tokens;
         let logprob = params.logprobs.map(|_| tok.clone());
         if is_stop_token {

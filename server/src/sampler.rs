@@ -160,6 +160,12 @@ impl SamplingParams {
         check("max_tokens", self.max_tokens >= 1, ">= 1", self.max_tokens)
     }
 
+    /// Whether `token` ends the request: an end-of-sequence id (`eos`)
+    /// unless `ignore_eos`, or one of `stop_token_ids`.
+    pub fn is_stop_token(&self, token: u32, eos: &[u32]) -> bool {
+        (!self.ignore_eos && eos.contains(&token)) || self.stop_token_ids.contains(&token)
+    }
+
     fn is_greedy(&self) -> bool {
         self.temperature < GREEDY_TEMPERATURE
     }

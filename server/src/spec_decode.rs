@@ -111,8 +111,7 @@ pub fn verify(
         let tok = sampler.sample(row);
         let id = tok.token_id;
         keep(tok);
-        let params = sampler.params();
-        let ends = (!params.ignore_eos && eos.contains(&id)) || params.stop_token_ids.contains(&id);
+        let ends = sampler.params().is_stop_token(id, eos);
         let matched = draft.get(i) == Some(&id);
         accepted += usize::from(matched);
         if !matched || ends {

@@ -83,17 +83,9 @@ pub struct RouterArgs {
 pub struct RouterState {
     pub pool: Arc<Pool>,
     pub client: reqwest::Client,
-    pub idempotency: IdempotencyStore<u64, Stored>,
+    pub idempotency: IdempotencyStore<u64, proxy::Answer>,
     pub retry_deadline: Duration,
     pub api_key: Option<String>,
-}
-
-/// A finished response kept for idempotent replays.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub status: u16,
-    pub content_type: String,
-    pub body: axum::body::Bytes,
 }
 
 /// The router's own refusals, in OpenAI's error shape.
@@ -249,17 +241,12 @@ fn refusal(metrics: &RouterMetrics, err: BoxError) -> Response {
 }
 
 async fn require_api_key(State(st): State<Arc<RouterState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            return RouterError::Unauthorized.into_response();
+    match &st.api_key {
+        Some(key) if !server::http::bearer_matches(req.headers(), key) => {
+            RouterError::Unauthorized.into_response()
         }
+        _ => next.run(req).await,
     }
-    next.run(req).await
 }
 
 async fn metrics_page(State(st): State<Arc<RouterState>>) -> impl IntoResponse {

@@ -1,7 +1,8 @@
 //! The request path: idempotency, choosing a replica, retries with full
 //! jitter, and the non-streaming forward. Streams go on in [`super::stream`].
 
-use super::{RouterError, RouterState, Stored};
+use super::pool::{Pick, Replica};
+use super::{RouterError, RouterState};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -35,7 +36,9 @@ pub fn routing_key(body: &Value) -> Vec<u8> {
     key
 }
 
-/// An upstream answer that the router passes on.
+/// An upstream answer that the router passes on (and keeps for idempotent
+/// replays).
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
@@ -43,7 +46,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn into_response(self) -> Response {
+    pub fn into_response(self) -> Response {
         let mut resp = (self.status, self.body).into_response();
         if let Some(ct) = self.content_type {
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -108,14 +111,7 @@ pub async fn generate(
             Claim::Run => {}
             Claim::Replay(stored) => {
                 st.pool.metrics.replays.inc();
-                let mut resp = (
-                    StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
-                    stored.body,
-                )
-                    .into_response();
-                if let Ok(ct) = HeaderValue::from_str(&stored.content_type) {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
-                }
+                let mut resp = stored.into_response();
                 resp.headers_mut()
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
                 return resp;
@@ -130,19 +126,7 @@ pub async fn generate(
     let result = forward(&st, &path, &req).await;
     if let Some(k) = &key {
         match &result {
-            Ok(a) if a.status.is_success() => st.idempotency.finish(
-                k,
-                Stored {
-                    status: a.status.as_u16(),
-                    content_type: a
-                        .content_type
-                        .as_ref()
-                        .and_then(|c| c.to_str().ok())
-                        .unwrap_or("application/json")
-                        .to_string(),
-                    body: a.body.clone(),
-                },
-            ),
+            Ok(a) if a.status.is_success() => st.idempotency.finish(k, a.clone()),
             _ => st.idempotency.release(k),
         }
     }
@@ -152,34 +136,35 @@ pub async fn generate(
     }
 }
 
-/// Sends `body` to replicas until one answers with something other than a
-/// retryable status: each failure moves to a replica not yet tried, after a
-/// full-jitter pause; when all were tried the round starts again, until the
-/// deadline.
-pub async fn forward(
+/// Sends the body `make(replica)` builds (None: nothing left to generate)
+/// to replicas not in `avoid` until one answers 2xx: each failure (refused,
+/// 5xx, 429) moves to a replica not yet tried, after a full-jitter pause;
+/// when all were tried the round starts again, until the retry deadline.
+/// `Err(Ok(answer))` is an answer to pass on (non-retryable, or the last
+/// one at the deadline), `Err(Err(_))` no answer at all.
+pub async fn connect(
     st: &Arc<RouterState>,
     path: &str,
-    body: &Value,
-) -> Result<Answer, RouterError> {
-    let key = routing_key(body);
+    key: &[u8],
+    avoid: &[usize],
+    make: impl Fn(&Replica) -> Option<Value>,
+) -> Result<(reqwest::Response, Pick), Result<Answer, RouterError>> {
     let deadline = Instant::now() + st.retry_deadline;
     let mut backoff = new_backoff();
-    let mut tried = Vec::new();
-    let mut last: Option<Answer> = None;
+    let mut tried = avoid.to_vec();
     let mut attempts = 0;
+    let mut last: Option<Answer> = None;
     loop {
-        let Some(pick) = st.pool.pick(&key, &tried) else {
-            if !tried.is_empty() {
-                tried.clear();
-            }
+        let Some(pick) = st.pool.pick(key, &tried) else {
+            tried.clear();
             if !back_off(&mut backoff, deadline).await {
                 st.pool.metrics.shed.inc();
-                return match last {
-                    Some(a) => Ok(a),
+                return Err(match last {
+                    Some(answer) => Ok(answer),
                     None => Err(RouterError::NoReplica(
                         "no replica answered before the retry deadline".into(),
                     )),
-                };
+                });
             }
             continue;
         };
@@ -188,39 +173,78 @@ pub async fn forward(
         }
         attempts += 1;
         tried.push(pick.index);
-        let url = format!("{}{path}", pick.replica().url);
-        let sent = st.client.post(&url).json(body).send().await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%url, error = %e, "replica unreachable; trying another");
-                pick.mark_down();
-                pick.done(false);
-                continue;
-            }
+        let Some(body) = make(pick.replica()) else {
+            pick.done(true);
+            return Err(Err(RouterError::BadRequest(
+                "nothing left to generate".into(),
+            )));
         };
-        let status = resp.status();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        match resp.bytes().await {
-            Ok(bytes) => {
+        let url = format!("{}{path}", pick.replica().url);
+        match st.client.post(&url).json(&body).send().await {
+            Ok(resp) if resp.status().is_success() => return Ok((resp, pick)),
+            Ok(resp) => {
+                let status = resp.status();
+                let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                pick.done(!status.is_server_error());
                 let answer = Answer {
                     status,
                     content_type,
                     body: bytes,
                 };
-                pick.done(!status.is_server_error());
                 if !retryable(status) {
-                    return Ok(answer);
+                    return Err(Ok(answer));
                 }
                 last = Some(answer);
             }
             Err(e) => {
-                tracing::warn!(%url, error = %e, "replica failed mid-answer; trying another");
+                tracing::warn!(%url, error = %e, "replica unreachable; trying another");
                 pick.mark_down();
                 pick.done(false);
             }
         }
     }
+}
+
+/// The non-streaming forward: [`connect`], then the whole body. A replica
+/// that dies while sending its answer is marked down and the request goes
+/// to another one (the client has seen nothing yet).
+pub async fn forward(
+    st: &Arc<RouterState>,
+    path: &str,
+    body: &Value,
+) -> Result<Answer, RouterError> {
+    let key = routing_key(body);
+    let mut avoid = Vec::new();
+    for _ in 0..=2 * st.pool.replicas.len() {
+        let (resp, pick) = match connect(st, path, &key, &avoid, |_| Some(body.clone())).await {
+            Ok(ok) => ok,
+            Err(Ok(answer)) => return Ok(answer),
+            Err(Err(e)) => return Err(e),
+        };
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        match resp.bytes().await {
+            Ok(body) => {
+                pick.done(true);
+                return Ok(Answer {
+                    status,
+                    content_type,
+                    body,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(replica = %pick.replica().url, error = %e, "replica failed mid-answer; trying another");
+                pick.mark_down();
+                avoid = vec![pick.index];
+                pick.done(false);
+                st.pool.metrics.retries.inc();
+            }
+        }
+    }
+    Err(RouterError::NoReplica(
+        "replicas kept failing mid-answer".into(),
+    ))
 }
 
 /// `GET /v1/models`, from any replica that answers.

@@ -22,8 +22,8 @@
 //! sdlab would ignore `resume_tokens`.
 
 use super::pool::{Pick, Replica};
-use super::proxy::{back_off, new_backoff, retryable, routing_key, Answer};
-use super::{RouterError, RouterState, Stored};
+use super::proxy::{connect, routing_key, Answer};
+use super::{RouterError, RouterState};
 use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,6 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Fields of the client's request the continuation keeps.
@@ -71,13 +70,7 @@ pub async fn start(
                 st.idempotency.release(k);
             }
             return match e {
-                Ok(answer) => {
-                    let mut r = (answer.status, answer.body).into_response();
-                    if let Some(ct) = answer.content_type {
-                        r.headers_mut().insert(header::CONTENT_TYPE, ct);
-                    }
-                    r
-                }
+                Ok(answer) => answer.into_response(),
                 Err(e) => e.into_response(),
             };
         }
@@ -107,68 +100,6 @@ pub async fn start(
     super::proxy::sse_body(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (b, rx))
     }))
-}
-
-/// Sends the body `make(replica)` builds (None: nothing left to generate)
-/// to replicas not in `avoid` until one answers 2xx, with full-jitter
-/// backoff, until the retry deadline. `Err(Ok(answer))` is a non-retryable
-/// answer to pass on, `Err(Err(_))` no answer at all.
-async fn connect(
-    st: &Arc<RouterState>,
-    path: &str,
-    key: &[u8],
-    avoid: &[usize],
-    make: impl Fn(&Replica) -> Option<Value>,
-) -> Result<(reqwest::Response, Pick), Result<Answer, RouterError>> {
-    let deadline = Instant::now() + st.retry_deadline;
-    let mut backoff = new_backoff();
-    let mut tried = avoid.to_vec();
-    let mut attempts = 0;
-    loop {
-        let Some(pick) = st.pool.pick(key, &tried) else {
-            tried.clear();
-            if !back_off(&mut backoff, deadline).await {
-                st.pool.metrics.shed.inc();
-                return Err(Err(RouterError::NoReplica(
-                    "no replica answered before the retry deadline".into(),
-                )));
-            }
-            continue;
-        };
-        if attempts > 0 {
-            st.pool.metrics.retries.inc();
-        }
-        attempts += 1;
-        tried.push(pick.index);
-        let Some(body) = make(pick.replica()) else {
-            pick.done(true);
-            return Err(Err(RouterError::BadRequest(
-                "nothing left to generate".into(),
-            )));
-        };
-        let url = format!("{}{path}", pick.replica().url);
-        match st.client.post(&url).json(&body).send().await {
-            Ok(resp) if resp.status().is_success() => return Ok((resp, pick)),
-            Ok(resp) => {
-                let status = resp.status();
-                let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-                let bytes = resp.bytes().await.unwrap_or_default();
-                pick.done(!status.is_server_error());
-                if !retryable(status) {
-                    return Err(Ok(Answer {
-                        status,
-                        content_type,
-                        body: bytes,
-                    }));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%url, error = %e, "replica unreachable; trying another");
-                pick.mark_down();
-                pick.done(false);
-            }
-        }
-    }
 }
 
 /// How relaying one upstream stream ended.
@@ -496,9 +427,9 @@ impl Relay {
         if complete {
             self.st.idempotency.finish(
                 &k,
-                Stored {
-                    status: 200,
-                    content_type: "text/event-stream".into(),
+                Answer {
+                    status: axum::http::StatusCode::OK,
+                    content_type: Some(header::HeaderValue::from_static("text/event-stream")),
                     body: Bytes::from(std::mem::take(&mut self.kept)),
                 },
             );

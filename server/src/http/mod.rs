@@ -204,18 +204,21 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: no new requests; ending the ones in flight");
 }
 
+/// Whether `headers` carry `Authorization: Bearer <key>` (also used by
+/// `sdlab router`).
+pub fn bearer_matches(headers: &axum::http::HeaderMap, key: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(key)
+}
+
 async fn require_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.config.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            return ApiError::Unauthorized.into_response();
-        }
+    match &st.config.api_key {
+        Some(key) if !bearer_matches(req.headers(), key) => ApiError::Unauthorized.into_response(),
+        _ => next.run(req).await,
     }
-    next.run(req).await
 }
 
 async fn health() -> impl IntoResponse {

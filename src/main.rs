@@ -414,18 +414,9 @@ fn cli_adapter(
     ))))
 }
 
-/// Starts the engine; `lora` says whether LoRA adapters may be used, which
-/// only the CPU runs: `--device gpu` is then refused, and `auto` is the CPU.
-fn start_engine(loaded: models::LoadedModel, args: &EngineArgs, lora: bool) -> Result<Engine> {
-    let mut opts = args.options();
-    if lora {
-        match opts.device {
-            Device::Gpu => bail!("{}", models::gpu::LORA_UNSUPPORTED),
-            Device::Auto => opts.device = Device::Cpu,
-            Device::Cpu => {}
-        }
-    }
-    start_llama_engine(loaded, &opts).map_err(anyhow::Error::msg)
+/// Starts the engine on the device `args` name (LoRA adapters run on either).
+fn start_engine(loaded: models::LoadedModel, args: &EngineArgs) -> Result<Engine> {
+    start_llama_engine(loaded, &args.options()).map_err(anyhow::Error::msg)
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -437,7 +428,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let prompt_tokens = loaded.tokenizer.encode(&text)?;
     let adapter = cli_adapter(&loaded, &a.lora)?;
-    let engine = start_engine(loaded, &a.engine, adapter.is_some())?;
+    let engine = start_engine(loaded, &a.engine)?;
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -538,7 +529,7 @@ fn chat_cmd(a: ChatArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let name = loaded.name.clone();
     let adapter = cli_adapter(&loaded, &a.lora)?;
-    let engine = start_engine(loaded, &a.engine, adapter.is_some())?;
+    let engine = start_engine(loaded, &a.engine)?;
     let params = SamplingParams {
         temperature: a.temperature,
         seed: a.seed,
@@ -603,8 +594,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         },
     )?;
     let adapters = loras.list();
-    let lora = !a.lora_modules.is_empty() || a.lora_dir.is_some();
-    let engine = start_engine(loaded, &a.engine, lora)?;
+    let engine = start_engine(loaded, &a.engine)?;
     let cfg = engine.config().clone();
     let state_device = engine.device().to_string();
     let config = server::http::ServerConfig {

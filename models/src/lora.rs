@@ -181,10 +181,30 @@ impl LoraModule {
 }
 
 /// An adapter: per layer, factors for the projections it targets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LoraAdapter {
     layers: Vec<[Option<LoraModule>; 7]>,
     use_rslora: bool,
+    /// Which adapter this is, for caches of its factors elsewhere (the
+    /// GPU's copies): unique in the process, and new on every change of
+    /// the factors and on every clone.
+    uid: u64,
+}
+
+/// A fresh [`LoraAdapter::uid`].
+fn next_uid() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Clone for LoraAdapter {
+    fn clone(&self) -> Self {
+        Self {
+            layers: self.layers.clone(),
+            use_rslora: self.use_rslora,
+            uid: next_uid(),
+        }
+    }
 }
 
 /// `adapter_config.json`, the fields sdlab reads and writes.
@@ -339,6 +359,7 @@ impl LoraAdapter {
         Ok(Self {
             layers,
             use_rslora: peft.use_rslora,
+            uid: next_uid(),
         })
     }
 
@@ -430,6 +451,7 @@ impl LoraAdapter {
         Ok(Self {
             layers,
             use_rslora: false,
+            uid: next_uid(),
         })
     }
 
@@ -453,6 +475,7 @@ impl LoraAdapter {
     /// Sets `lora_alpha` (and so the scale) of every module.
     pub fn set_alpha(&mut self, alpha: f32) {
         let rslora = self.use_rslora;
+        self.uid = next_uid();
         for m in self.layers.iter_mut().flatten().flatten() {
             m.alpha = alpha;
             m.scale = scale_for(alpha, m.rank, rslora);
@@ -478,6 +501,12 @@ impl LoraAdapter {
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// This adapter's identity: two adapters with the same uid hold the
+    /// same factors (see the field's doc).
+    pub fn uid(&self) -> u64 {
+        self.uid
     }
 
     /// Bytes of factor weights held.

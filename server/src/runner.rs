@@ -76,8 +76,8 @@ impl ModelRunner for LlamaRunner {
 
 /// The decoder on the GPU: weights and KV pools live on the device; per
 /// step the ids, positions and block tables go up and the logits rows come
-/// down. Sequences under a LoRA adapter are refused
-/// ([`models::gpu::LORA_UNSUPPORTED`]).
+/// down. LoRA adapters run there too (BGMV, their factors kept on the
+/// device).
 pub struct GpuRunner {
     pub model: GpuLlama,
 }
@@ -91,9 +91,13 @@ impl GpuRunner {
         num_blocks: usize,
         block_size: usize,
     ) -> Result<Self, String> {
-        GpuLlama::new(ctx, model, num_blocks, block_size)
-            .map(|model| Self { model })
-            .map_err(|e| format!("uploading the model to the GPU: {e}"))
+        let model = GpuLlama::new(ctx, model, num_blocks, block_size)
+            .map_err(|e| format!("uploading the model to the GPU: {e}"))?;
+        tracing::info!(
+            "{:.1} MiB of weights on the GPU",
+            model.weight_bytes() as f64 / (1 << 20) as f64
+        );
+        Ok(Self { model })
     }
 }
 

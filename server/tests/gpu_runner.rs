@@ -9,8 +9,10 @@ mod common;
 
 use models::gpu::GpuContext;
 use server::engine::{collect, Engine, FinishReason, GenerateRequest};
+use server::lora::ActiveAdapter;
 use server::runner::{start_llama_engine, Device, EngineOptions};
 use server::sampler::SamplingParams;
+use std::sync::Arc;
 
 fn required() -> bool {
     let on = |k: &str| {
@@ -114,28 +116,60 @@ fn engine_on_the_gpu_gives_the_cpu_tokens() {
 }
 
 #[test]
-fn a_lora_request_on_the_gpu_fails_with_a_clear_error() {
+fn lora_requests_on_the_gpu_give_the_cpu_tokens() {
+    // Two adapters and the base model in one engine, all at once: the
+    // GPU's BGMV path against the CPU's.
     if !gpu_present() {
         return;
     }
-    let engine = engine(Device::Gpu);
     let cfg = models::load(common::model_dir().to_str().unwrap(), Default::default())
         .unwrap()
         .model
         .cfg;
-    let weights = models::LoraAdapter::synth(&cfg, 4, &[models::LoraTarget::Q], 3).unwrap();
-    let adapter = std::sync::Arc::new(server::lora::ActiveAdapter::new("a", 1, weights));
-    let (_, mut rx) = engine
-        .add_request(GenerateRequest {
-            prompt_tokens: vec![5, 6, 7],
-            params: greedy(4),
-            adapter: Some(adapter),
-            resume_tokens: 0,
-        })
-        .unwrap();
-    // The request finishes with the model's error (which `collect` returns).
-    let err = collect(&mut rx).unwrap_err().to_string();
-    assert!(err.contains(models::gpu::LORA_UNSUPPORTED), "{err}");
+    let adapter = |key: u32, targets: &[models::LoraTarget], seed| {
+        let w = models::LoraAdapter::synth(&cfg, 4, targets, seed).unwrap();
+        Arc::new(ActiveAdapter::new(&format!("a{key}"), key, w))
+    };
+    let adapters = [
+        Some(adapter(1, &models::LoraTarget::ALL, 3)),
+        None,
+        Some(adapter(
+            2,
+            &[models::LoraTarget::Q, models::LoraTarget::V],
+            4,
+        )),
+        Some(adapter(1, &models::LoraTarget::ALL, 3)),
+    ];
+    let run = |engine: &Engine| -> Vec<Vec<u32>> {
+        let rxs: Vec<_> = adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                // Requests 0 and 1 share a prompt: with and without adapter.
+                let len = 12 + 5 * [0, 0, 1, 2][i];
+                let prompt = (0..len).map(|t| t * 7 % 290 + 4).collect();
+                engine
+                    .add_request(GenerateRequest {
+                        prompt_tokens: prompt,
+                        params: greedy(12),
+                        adapter: a.clone(),
+                        resume_tokens: 0,
+                    })
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        rxs.into_iter()
+            .map(|mut rx| {
+                let out = collect(&mut rx).unwrap();
+                assert_eq!(out.error, None);
+                out.token_ids
+            })
+            .collect()
+    };
+    let (g, c) = (run(&engine(Device::Gpu)), run(&engine(Device::Cpu)));
+    assert_eq!(g, c, "GPU engine vs CPU engine under LoRA");
+    assert_ne!(c[0], c[1], "the adapter changed nothing");
 }
 
 #[test]

@@ -99,7 +99,7 @@ pub struct BenchBatchingArgs {
     pub lora_repeat: usize,
     /// Where the model runs in every mode: `cpu`, `gpu` (the WGSL kernels
     /// on a Vulkan adapter, lavapipe included) or `auto` (the GPU when it
-    /// is hardware). The LoRA experiment runs on the CPU only.
+    /// is hardware); the LoRA experiment's modes too.
     #[arg(long, default_value = "cpu", value_name = "cpu|gpu|auto")]
     pub device: Device,
 }
@@ -316,12 +316,6 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         );
     }
     let lora_spec = if a.lora {
-        if a.device == Device::Gpu {
-            bail!(
-                "{} (drop --lora or --device gpu)",
-                models::gpu::LORA_UNSUPPORTED
-            );
-        }
         if a.lora_adapters == 0 || a.lora_rank == 0 || a.lora_repeat == 0 {
             bail!("--lora-adapters, --lora-rank and --lora-repeat must be positive");
         }
@@ -354,7 +348,7 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         block_size: a.block_size,
         max_num_batched_tokens: a.max_num_batched_tokens,
         kv_bytes_per_token: cfg.kv_bytes_per_token(),
-        device: if a.lora { Device::Cpu } else { a.device.pick() },
+        device: a.device.pick(),
     };
     let total_prompt_tokens: usize = setup.work.iter().map(|r| r.prompt.len()).sum();
     let total_output_tokens: usize = setup.work.iter().map(|r| r.output_len).sum();

@@ -49,12 +49,16 @@ pub(crate) struct Pipelines {
     pub rms_norm: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
     pub matmul: wgpu::ComputePipeline,
+    pub matmul_skinny: wgpu::ComputePipeline,
     pub add: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
     pub write_kv: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
     pub bgmv_shrink: wgpu::ComputePipeline,
     pub bgmv_expand: wgpu::ComputePipeline,
+    pub quantize: wgpu::ComputePipeline,
+    pub matmul_q4_1: wgpu::ComputePipeline,
+    pub matmul_q8_0: wgpu::ComputePipeline,
 }
 
 /// Device, queue and pipelines. Cheap to share behind an `Arc`; every kernel
@@ -271,6 +275,7 @@ impl Pipelines {
         };
         let elementwise = module("elementwise", include_str!("shaders/elementwise.wgsl"));
         let bgmv = module("bgmv", include_str!("shaders/bgmv.wgsl"));
+        let qmatmul = module("qmatmul", include_str!("shaders/qmatmul.wgsl"));
         Self {
             embedding: pipeline(
                 &module("embedding", include_str!("shaders/embedding.wgsl")),
@@ -285,6 +290,10 @@ impl Pipelines {
                 &module("matmul", include_str!("shaders/matmul.wgsl")),
                 "main",
             ),
+            matmul_skinny: pipeline(
+                &module("matmul_skinny", include_str!("shaders/matmul_skinny.wgsl")),
+                "main",
+            ),
             add: pipeline(&elementwise, "add"),
             silu_mul: pipeline(&elementwise, "silu_mul"),
             write_kv: pipeline(
@@ -297,6 +306,9 @@ impl Pipelines {
             ),
             bgmv_shrink: pipeline(&bgmv, "shrink"),
             bgmv_expand: pipeline(&bgmv, "expand"),
+            quantize: pipeline(&qmatmul, "quantize"),
+            matmul_q4_1: pipeline(&qmatmul, "matmul_q4_1"),
+            matmul_q8_0: pipeline(&qmatmul, "matmul_q8_0"),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! What is here: every kernel a Llama forward pass needs, each a compute
 //! shader in `shaders/*.wgsl` and a method of [`GpuContext`] that records
 //! one dispatch into a caller's [`wgpu::CommandEncoder`]:
-//! embedding gather, RMSNorm, RoPE, the tiled matmul (also the logits
-//! against the tied embedding), SiLU-mul, residual add, the K/V scatter into
+//! embedding gather, RMSNorm, RoPE, matmul (tiled for many rows, skinny for
+//! decode's few, the same bits either way; also the logits against the tied
+//! embedding), SiLU-mul, residual add, the K/V scatter into
 //! the block pools, paged attention (decode and chunked prefill over block
 //! tables, grouped-query heads, the same pool layout as
 //! [`crate::attention::KvLayout`]) and batched LoRA (BGMV, as
@@ -19,9 +20,11 @@
 //! the device; each kernel only *records* into an encoder, so a whole pass
 //! is one submit; and what crosses the bus per step is the token ids,
 //! positions, slots and block tables going up and the logits coming down.
-//! Quantized weights are dequantized to f32 on upload
-//! ([`GpuContext::upload_q4_1`], [`GpuContext::upload_q8_0`]): the shaders
-//! only read f32.
+//! Quantized weights either stay in their GGUF blocks
+//! ([`GpuContext::upload_q4_1_blocks`], [`GpuContext::upload_q8_0_blocks`],
+//! multiplied by on-device 8-bit activations with the CPU kernels'
+//! arithmetic, [`GpuContext::qmatmul`]) or are dequantized to f32 on upload
+//! ([`GpuContext::upload_q4_1`], [`GpuContext::upload_q8_0`]).
 //!
 //! Each kernel's small parameters (sizes, eps, scale) go in a uniform buffer
 //! of their own, created for that dispatch, so that several dispatches of
@@ -39,11 +42,14 @@ mod attention;
 mod context;
 mod lora;
 mod ops;
+mod quant;
 mod tensor;
 
 pub use attention::{GpuAttentionBatch, MAX_HEAD_DIM};
 pub use context::{AdapterSummary, GpuContext};
 pub use lora::GpuLora;
+pub use ops::MatmulKernel;
+pub use quant::{GpuQMatrix, QFormat};
 pub use tensor::{DType, GpuTensor};
 /// The wgpu this layer is built on, so callers record into its encoders
 /// without depending on a matching version themselves.

@@ -9,6 +9,34 @@ use crate::reference::RopeStyle;
 /// Invocations per workgroup of the one-invocation-per-element kernels.
 const ELEMENTWISE_WG: u64 = 256;
 
+/// The two matmul kernels. They accumulate every output the same way (one
+/// invocation, `fma` in k order from zero), so they agree bit for bit and
+/// the choice is only about speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// 64x64 output tiles, 16 outputs per invocation: for prefill and large
+    /// batches, where each staged value serves 64 multiply-adds.
+    Tiled,
+    /// 4x64 output tiles, one column of 4 rows per invocation: for decode
+    /// steps of a few sequences, where a 64-row tile would be mostly padding.
+    Skinny,
+}
+
+impl MatmulKernel {
+    /// Up to this many rows [`GpuContext::matmul`] takes the skinny kernel:
+    /// past it, the skinny kernel reads the weights once per 4 rows and the
+    /// tiled one wins.
+    pub const SKINNY_MAX_ROWS: usize = 16;
+
+    pub fn for_rows(m: usize) -> Self {
+        if m <= Self::SKINNY_MAX_ROWS {
+            Self::Skinny
+        } else {
+            Self::Tiled
+        }
+    }
+}
+
 /// A buffer may not be bound for reading and writing in one dispatch.
 pub(crate) fn distinct(
     kernel: &'static str,
@@ -150,7 +178,9 @@ impl GpuContext {
     }
 
     /// `out = x · wᵀ` with `x: [m, k]`, `w: [n, k]` (the layout linear
-    /// weights are stored in), `out: [m, n]`, f32 accumulation.
+    /// weights are stored in), `out: [m, n]`, f32 accumulation. The kernel
+    /// is picked by `m` ([`MatmulKernel::for_rows`]); both give the same
+    /// bits.
     pub fn matmul(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -158,8 +188,20 @@ impl GpuContext {
         w: &GpuTensor,
         out: &GpuTensor,
     ) -> Result<()> {
+        let m = x.shape().first().copied().unwrap_or(0);
+        self.matmul_with(MatmulKernel::for_rows(m), encoder, x, w, out)
+    }
+
+    /// [`Self::matmul`] on a chosen kernel (for tests and benchmarks).
+    pub fn matmul_with(
+        &self,
+        kernel: MatmulKernel,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        out: &GpuTensor,
+    ) -> Result<()> {
         const K: &str = "gpu matmul";
-        const TILE: u64 = 64;
         w.expect(K, "w", DType::F32, &[None, None])?;
         let (n, k) = (w.shape()[0], w.shape()[1]);
         x.expect(K, "x", DType::F32, &[None, Some(k)])?;
@@ -169,14 +211,18 @@ impl GpuContext {
         if out.is_empty() {
             return Ok(());
         }
+        let (pipeline, rows_per_group) = match kernel {
+            MatmulKernel::Tiled => (&self.pipelines.matmul, 64),
+            MatmulKernel::Skinny => (&self.pipelines.matmul_skinny, 4),
+        };
         let max = self.limits.max_compute_workgroups_per_dimension as u64;
-        let (gx, gy) = ((n as u64).div_ceil(TILE), (m as u64).div_ceil(TILE));
+        let (gx, gy) = ((n as u64).div_ceil(64), (m as u64).div_ceil(rows_per_group));
         if gx > max || gy > max {
             return Err(super::GpuError::Grid(gx * gy));
         }
         self.dispatch(
             encoder,
-            &self.pipelines.matmul,
+            pipeline,
             K,
             &[u32_of(K, "m", m)?, u32_of(K, "k", k)?, u32_of(K, "n", n)?],
             &[(1, &x.buffer), (2, &w.buffer), (3, &out.buffer)],

@@ -2,7 +2,7 @@
 //! residual add and BGMV.
 
 use crate::{assert_close, gpu_or_skip, rand_vec, rng, run_f32};
-use kernels::gpu::DType;
+use kernels::gpu::{DType, MatmulKernel};
 use kernels::{reference, LoraFactors, RopeStyle};
 use rand::Rng;
 
@@ -109,6 +109,41 @@ fn matmul_matches_reference_on_awkward_sizes() {
         let got = run_f32(ctx, &out, |e| ctx.matmul(e, &gx, &gw, &out).unwrap());
         let want = reference::linear(&x, &w, m, k, n);
         assert_close(&format!("matmul {m}x{k}x{n}"), &got, &want, 1e-4, 1e-4);
+    }
+}
+
+#[test]
+fn skinny_and_tiled_matmul_give_the_same_bits() {
+    // The engine picks the kernel by batch size; a sequence's logits must
+    // not depend on it.
+    let Some(ctx) = gpu_or_skip() else { return };
+    let mut r = rng(14);
+    for (m, k, n) in [
+        (1, 576, 193),
+        (3, 17, 65),
+        (4, 1000, 64),
+        (7, 130, 300),
+        (16, 64, 129),
+    ] {
+        let x = rand_vec(&mut r, m * k);
+        let w = rand_vec(&mut r, n * k);
+        let gx = ctx.upload_f32(&x, &[m, k]).unwrap();
+        let gw = ctx.upload_f32(&w, &[n, k]).unwrap();
+        let out = ctx.zeros(&[m, n], DType::F32).unwrap();
+        let run = |kernel| {
+            run_f32(ctx, &out, |e| {
+                ctx.matmul_with(kernel, e, &gx, &gw, &out).unwrap()
+            })
+        };
+        let skinny = run(MatmulKernel::Skinny);
+        let tiled = run(MatmulKernel::Tiled);
+        let want = reference::linear(&x, &w, m, k, n);
+        assert_close(&format!("skinny {m}x{k}x{n}"), &skinny, &want, 1e-4, 1e-4);
+        let differ = skinny
+            .iter()
+            .zip(&tiled)
+            .filter(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(differ.count(), 0, "skinny vs tiled {m}x{k}x{n}");
     }
 }
 

@@ -20,6 +20,7 @@
 mod attention;
 mod dense;
 mod layer;
+mod quant;
 
 use kernels::attention::{KvLayout, SeqAttention};
 use kernels::gpu::{wgpu, DType, GpuContext, GpuError, GpuTensor};

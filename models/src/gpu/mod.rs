@@ -19,8 +19,10 @@
 //! and reused while the next step has the same shape (decode steps usually
 //! do); a new shape allocates new ones, which the device zero-fills itself.
 //!
-//! LoRA adapters are not run on the GPU yet: a chunk with an adapter is
-//! refused with [`LORA_UNSUPPORTED`] before anything is recorded.
+//! LoRA: sequences under adapters run in the same step as the others; after
+//! each projection one BGMV dispatch adds every row's own adapter delta
+//! (the adapters' factors stay on the device, see [`adapters`]). A step
+//! with adapters also sends the row → adapter slot map up.
 //!
 //! Numerics: the same operations in the same order per row as the CPU
 //! decoder, but in f32 with the GPU's own summation order (tiled matmul,
@@ -30,20 +32,24 @@
 //! row independently of the others, so a sequence's logits do not depend
 //! on the batch it runs in.
 
+mod adapters;
+mod weights;
+
+pub use adapters::MAX_RESIDENT;
+
 use crate::config::RopeStyle;
 use crate::kv_cache::KvCache;
 use crate::llama::{validate_batch, Llama, SeqChunk};
-use crate::weights::Linear;
+use crate::lora::Target;
 use crate::{LlamaConfig, ModelError, Result};
+use adapters::GpuAdapters;
 use kernels::attention::{KvLayout, SeqAttention};
 /// The device layer, re-exported so callers of this module need no direct
 /// dependency on `kernels`.
 pub use kernels::gpu::{AdapterSummary, GpuContext};
 use kernels::gpu::{DType, GpuError, GpuTensor};
 use std::sync::Arc;
-
-/// The error for a chunk with a LoRA adapter.
-pub const LORA_UNSUPPORTED: &str = "LoRA adapters are not supported on --device gpu yet";
+use weights::{project, GpuWeight};
 
 impl From<GpuError> for ModelError {
     fn from(e: GpuError) -> Self {
@@ -53,14 +59,14 @@ impl From<GpuError> for ModelError {
 
 struct GpuLayer {
     attn_norm: GpuTensor,
-    wq: GpuTensor,
-    wk: GpuTensor,
-    wv: GpuTensor,
-    wo: GpuTensor,
+    wq: GpuWeight,
+    wk: GpuWeight,
+    wv: GpuWeight,
+    wo: GpuWeight,
     ffn_norm: GpuTensor,
-    w_gate: GpuTensor,
-    w_up: GpuTensor,
-    w_down: GpuTensor,
+    w_gate: GpuWeight,
+    w_up: GpuWeight,
+    w_down: GpuWeight,
 }
 
 /// Activations for one batch shape: `t` tokens, `r` logits rows.
@@ -80,6 +86,18 @@ struct Scratch {
     last: GpuTensor,
     last_n: GpuTensor,
     logits: GpuTensor,
+    /// Quantized activations, by row count and width (for quantized
+    /// weights only).
+    xq: Vec<((usize, usize), GpuTensor)>,
+}
+
+impl Scratch {
+    fn xq(&self, rows: usize, k: usize) -> Option<&GpuTensor> {
+        self.xq
+            .iter()
+            .find(|(s, _)| *s == (rows, k))
+            .map(|(_, t)| t)
+    }
 }
 
 /// A [`Llama`]'s weights and KV pools on the device, and its forward pass.
@@ -87,8 +105,10 @@ pub struct GpuLlama {
     ctx: Arc<GpuContext>,
     cfg: LlamaConfig,
     embed: GpuTensor,
-    /// `None`: the LM head is the embedding (tied, same values).
-    lm_head: Option<GpuTensor>,
+    /// `None`: the LM head is the embedding (tied, same f32 values).
+    lm_head: Option<GpuWeight>,
+    /// Whether any projection runs the quantized kernels.
+    quantized: bool,
     layers: Vec<GpuLayer>,
     norm: GpuTensor,
     rope_cos: GpuTensor,
@@ -98,6 +118,7 @@ pub struct GpuLlama {
     k_pools: Vec<GpuTensor>,
     v_pools: Vec<GpuTensor>,
     scratch: Option<Scratch>,
+    adapters: GpuAdapters,
 }
 
 impl GpuLlama {
@@ -117,16 +138,14 @@ impl GpuLlama {
                 kernels::gpu::MAX_HEAD_DIM
             )));
         }
-        let linear = |l: &Linear| -> Result<GpuTensor> {
-            let w = l.to_dense()?;
-            Ok(ctx.upload_f32(&w, &[l.out_features(), l.in_features()])?)
-        };
+        let linear = |l| GpuWeight::upload(&ctx, l);
         let vector = |v: &[f32]| -> Result<GpuTensor> { Ok(ctx.upload_f32(v, &[v.len()])?) };
         let embed = ctx.upload_f32(model.embed(), &[cfg.vocab_size, h])?;
-        // A tied head (or one whose values equal the embedding's, as a
-        // quantized copy of it may after dequantization) shares its tensor.
+        // An f32 head equal to the embedding (tied) shares its tensor; a
+        // quantized one (SmolLM2's Q8_0) keeps its blocks, as on the CPU.
         let head = model.lm_head();
-        let lm_head = if head.out_features() == cfg.vocab_size
+        let lm_head = if matches!(head, crate::weights::Linear::Dense { .. })
+            && head.out_features() == cfg.vocab_size
             && head.in_features() == h
             && head.to_dense()? == model.embed()
         {
@@ -150,7 +169,13 @@ impl GpuLlama {
                     w_down: linear(&l.w_down)?,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<GpuLayer>>>()?;
+        let quantized = lm_head.as_ref().is_some_and(GpuWeight::is_quantized)
+            || layers.iter().any(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .any(|w| w.is_quantized())
+            });
         let (cos, sin) = model.rope_tables();
         let table = [cfg.max_position_embeddings, d / 2];
         let layout = KvCache::new_layout(&cfg, num_blocks, block_size);
@@ -172,10 +197,12 @@ impl GpuLlama {
             layout,
             embed,
             lm_head,
+            quantized,
             layers,
             cfg,
             ctx,
             scratch: None,
+            adapters: GpuAdapters::default(),
         })
     }
 
@@ -190,6 +217,31 @@ impl GpuLlama {
     /// The KV pools' layout (blocks, block size, KV heads, head size).
     pub fn layout(&self) -> KvLayout {
         self.layout
+    }
+
+    /// Adapters whose factors are on the device now, and how many times
+    /// the stacks were uploaded (once per change of the residents).
+    pub fn lora_residency(&self) -> (usize, u64) {
+        (self.adapters.resident(), self.adapters.uploads())
+    }
+
+    /// Bytes of weights on the device (embedding, projections, head, norms
+    /// and RoPE tables; not the KV pools or scratch).
+    pub fn weight_bytes(&self) -> u64 {
+        let projections: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .map(GpuWeight::bytes)
+            .sum();
+        let vectors: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.attn_norm, &l.ffn_norm])
+            .chain([&self.norm, &self.rope_cos, &self.rope_sin, &self.embed])
+            .map(GpuTensor::bytes)
+            .sum();
+        projections + vectors + self.lm_head.as_ref().map_or(0, GpuWeight::bytes)
     }
 
     /// Whether the LM head shares the embedding's device tensor.
@@ -209,9 +261,6 @@ impl GpuLlama {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>> {
         validate_batch(&self.cfg, tokens, seqs, logit_rows, self.layout.block_size)?;
-        if seqs.iter().any(|s| s.adapter.is_some()) {
-            return Err(ModelError::Input(LORA_UNSUPPORTED.into()));
-        }
         let (t, r) = (tokens.len(), logit_rows.len());
         let vocab = self.cfg.vocab_size;
         if t == 0 {
@@ -235,33 +284,51 @@ impl GpuLlama {
         let pos = ctx.upload_u32(&positions, &[t])?;
         let rows: Vec<u32> = logit_rows.iter().map(|&i| i as u32).collect();
         let rows = ctx.upload_u32(&rows, &[r])?;
+        let lora_rows = self.adapters.prepare(&ctx, &self.cfg, seqs)?;
         self.ensure_scratch(t, r)?;
         let s = self.scratch.as_ref().expect("just ensured");
 
         let cfg = &self.cfg;
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let h = cfg.hidden_size;
         let (eps, scale) = (cfg.rms_norm_eps, 1.0 / (d as f32).sqrt());
+        let adapters = &self.adapters;
+        // `out += delta` of each row's adapter for `target`, if any.
+        let lora = |e: &mut _, l: usize, target: Target, x: &GpuTensor, out: &GpuTensor| match (
+            &lora_rows,
+            adapters.stack(l, target),
+        ) {
+            (Some(rows), Some(stack)) => ctx.bgmv(e, x, rows, stack, out),
+            _ => Ok(()),
+        };
         let mut enc = ctx.encoder();
         let e = &mut enc;
         ctx.embedding(e, &self.embed, &ids, &s.x)?;
         for (l, w) in self.layers.iter().enumerate() {
             let (kc, vc) = (&self.k_pools[l], &self.v_pools[l]);
             ctx.rms_norm(e, &s.x, &w.attn_norm, eps, &s.hn)?;
-            ctx.matmul(e, &s.hn, &w.wq, &s.q)?;
-            ctx.matmul(e, &s.hn, &w.wk, &s.k)?;
-            ctx.matmul(e, &s.hn, &w.wv, &s.v)?;
+            let qkv = [(&w.wq, &s.q), (&w.wk, &s.k), (&w.wv, &s.v)];
+            project(&ctx, e, &s.hn, s.xq(t, h), &qkv)?;
+            lora(e, l, Target::Q, &s.hn, &s.q)?;
+            lora(e, l, Target::K, &s.hn, &s.k)?;
+            lora(e, l, Target::V, &s.hn, &s.v)?;
             let style = self.rope_style;
             ctx.rope(e, &s.q, &pos, &self.rope_cos, &self.rope_sin, nh, style)?;
             ctx.rope(e, &s.k, &pos, &self.rope_cos, &self.rope_sin, nkv, style)?;
             ctx.write_kv(e, kc, vc, self.layout, &s.k, &s.v, batch.slots())?;
             ctx.paged_attention(e, &s.q, kc, vc, nh, &batch, scale, &s.attn)?;
-            ctx.matmul(e, &s.attn, &w.wo, &s.o)?;
+            project(&ctx, e, &s.attn, s.xq(t, nh * d), &[(&w.wo, &s.o)])?;
+            lora(e, l, Target::O, &s.attn, &s.o)?;
             ctx.add(e, &s.x, &s.o)?;
             ctx.rms_norm(e, &s.x, &w.ffn_norm, eps, &s.hn)?;
-            ctx.matmul(e, &s.hn, &w.w_gate, &s.gate)?;
-            ctx.matmul(e, &s.hn, &w.w_up, &s.up)?;
+            let gate_up = [(&w.w_gate, &s.gate), (&w.w_up, &s.up)];
+            project(&ctx, e, &s.hn, s.xq(t, h), &gate_up)?;
+            lora(e, l, Target::Gate, &s.hn, &s.gate)?;
+            lora(e, l, Target::Up, &s.hn, &s.up)?;
             ctx.silu_mul(e, &s.gate, &s.up, &s.act)?;
-            ctx.matmul(e, &s.act, &w.w_down, &s.o)?;
+            let f = cfg.intermediate_size;
+            project(&ctx, e, &s.act, s.xq(t, f), &[(&w.w_down, &s.o)])?;
+            lora(e, l, Target::Down, &s.act, &s.o)?;
             ctx.add(e, &s.x, &s.o)?;
         }
         if r == 0 {
@@ -273,8 +340,10 @@ impl GpuLlama {
         // the embedding kernel is a row gather, `last[i] = x[rows[i]]`.
         ctx.embedding(e, &s.x, &rows, &s.last)?;
         ctx.rms_norm(e, &s.last, &self.norm, eps, &s.last_n)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        ctx.matmul(e, &s.last_n, head, &s.logits)?;
+        match &self.lm_head {
+            Some(head) => project(&ctx, e, &s.last_n, s.xq(r, h), &[(head, &s.logits)])?,
+            None => ctx.matmul(e, &s.last_n, &self.embed, &s.logits)?,
+        }
         // Down the bus: the logits rows only.
         let logits = ctx.finish_and_read_f32(enc, &s.logits)?;
         debug_assert_eq!(logits.len(), r * vocab);
@@ -295,6 +364,14 @@ impl GpuLlama {
             cfg.num_kv_heads * cfg.head_dim,
         );
         let z = |shape: &[usize]| self.ctx.zeros(shape, DType::F32);
+        let mut xq = Vec::new();
+        if self.quantized {
+            for (rows, k) in [(t, h), (t, q), (t, f), (r, h)] {
+                if !xq.iter().any(|(s, _)| *s == (rows, k)) {
+                    xq.push(((rows, k), self.ctx.quantized_rows(rows, k)?));
+                }
+            }
+        }
         self.scratch = Some(Scratch {
             t,
             r,
@@ -311,6 +388,7 @@ impl GpuLlama {
             last: z(&[r, h])?,
             last_n: z(&[r, h])?,
             logits: z(&[r, v])?,
+            xq,
         });
         Ok(())
     }

@@ -11,15 +11,6 @@ mod common;
 use common::{sdlab, synth, tmp};
 use kernels::gpu::GpuContext;
 
-fn required() -> bool {
-    let on = |k: &str| {
-        std::env::var(k)
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
-            .unwrap_or(false)
-    };
-    on("CI") || on("SDLAB_REQUIRE_GPU")
-}
-
 fn generate(model: &str, device: &str) -> serde_json::Value {
     generate_with(model, device, "The engine keeps many sequences", &[])
 }
@@ -77,16 +68,7 @@ fn generate_on_gpu_gives_the_cpu_tokens() {
 }
 
 fn adapter_or_skip() -> Option<kernels::gpu::AdapterSummary> {
-    match GpuContext::probe() {
-        Ok(a) => Some(a),
-        Err(e) if required() => {
-            panic!("no GPU adapter, and CI / SDLAB_REQUIRE_GPU requires one: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping the GPU CLI test: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)");
-            None
-        }
-    }
+    kernels::gpu::or_skip("the GPU CLI tests", GpuContext::probe())
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {

@@ -159,21 +159,14 @@ impl Llama {
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         validate_batch(&self.cfg, tokens, seqs, logit_rows, cache.block_size())?;
 
-        let mut positions = Vec::with_capacity(t);
-        let mut slots = Vec::with_capacity(t);
-        let mut attn_seqs = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            attn_seqs.push(SeqAttention {
-                query_start: positions.len(),
-                query_len: s.len,
-                context_len: s.start + s.len,
-                block_table: s.block_table,
-            });
-            for p in s.start..s.start + s.len {
-                positions.push(p);
-                slots.push(cache.layout.slot(s.block_table, p));
-            }
-        }
+        let (positions, attn_seqs) = batch_layout(seqs);
+        let slots: Vec<usize> = attn_seqs
+            .iter()
+            .flat_map(|a| {
+                let start = a.context_len - a.query_len;
+                (start..a.context_len).map(|p| cache.layout.slot(a.block_table, p))
+            })
+            .collect();
 
         let lora = LoraRows::new(seqs);
         let mut x = Vec::with_capacity(t * h);
@@ -280,6 +273,23 @@ impl Llama {
             }
         }
     }
+}
+
+/// Each token's position, and each sequence's attention over the pool
+/// (shared with [`crate::gpu::GpuLlama`]).
+pub(crate) fn batch_layout<'a>(seqs: &[SeqChunk<'a>]) -> (Vec<usize>, Vec<SeqAttention<'a>>) {
+    let mut positions = Vec::with_capacity(seqs.iter().map(|s| s.len).sum());
+    let mut attn_seqs = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        attn_seqs.push(SeqAttention {
+            query_start: positions.len(),
+            query_len: s.len,
+            context_len: s.start + s.len,
+            block_table: s.block_table,
+        });
+        positions.extend(s.start..s.start + s.len);
+    }
+    (positions, attn_seqs)
 }
 
 /// Checks a batch against a model of `cfg` and a cache of `block_size`-token

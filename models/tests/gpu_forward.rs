@@ -22,39 +22,12 @@ use std::sync::{Arc, OnceLock};
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-4;
 
-fn required() -> bool {
-    let on = |k: &str| {
-        std::env::var(k)
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
-            .unwrap_or(false)
-    };
-    on("CI") || on("SDLAB_REQUIRE_GPU")
-}
-
 /// The shared context, or `None` (after a message) when there is no adapter
 /// and none is required. Panics when one is required and missing.
 fn gpu_or_skip() -> Option<Arc<GpuContext>> {
     static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        use std::io::Write;
-        match GpuContext::new_shared() {
-            Ok(ctx) => {
-                let _ = writeln!(std::io::stderr(), "GPU forward tests on: {}", ctx.adapter());
-                Some(ctx)
-            }
-            Err(e) if required() => {
-                panic!("no GPU adapter, and CI / SDLAB_REQUIRE_GPU requires one: {e}")
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping the GPU forward tests: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)"
-                );
-                None
-            }
-        }
-    })
-    .clone()
+    CTX.get_or_init(|| kernels::gpu::or_skip("the GPU forward tests", GpuContext::new_shared()))
+        .clone()
 }
 
 fn tiny_model() -> &'static Llama {

@@ -43,6 +43,13 @@ impl std::fmt::Display for AdapterSummary {
     }
 }
 
+/// A context shows as its adapter.
+impl std::fmt::Display for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.adapter().fmt(f)
+    }
+}
+
 /// One compiled compute pipeline per kernel.
 pub(crate) struct Pipelines {
     pub embedding: wgpu::ComputePipeline,

@@ -97,6 +97,44 @@ pub fn grid(n: u64, max: u32) -> Result<(u32, u32)> {
     Ok((max as u32, y as u32))
 }
 
+/// Whether a missing adapter must fail rather than be skipped: `CI` or
+/// `SDLAB_REQUIRE_GPU` set to `1`, `true` or `yes` (`make test` sets the
+/// latter and installs lavapipe).
+pub fn adapter_required() -> bool {
+    let on = |k: &str| {
+        std::env::var(k)
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false)
+    };
+    on("CI") || on("SDLAB_REQUIRE_GPU")
+}
+
+/// For tests that need a GPU: `Some(value)` when `opened` (opening a
+/// context, probing for an adapter) worked, with a line naming it; else
+/// a panic when [`adapter_required`], or a line saying `what` is skipped
+/// and `None`. Lines go straight to stderr, past the test harness's
+/// capture, so a skip is seen even though the tests pass.
+pub fn or_skip<T: std::fmt::Display>(what: &str, opened: Result<T>) -> Option<T> {
+    use std::io::Write;
+    match opened {
+        Ok(v) => {
+            let _ = writeln!(std::io::stderr(), "{what} on: {v}");
+            Some(v)
+        }
+        Err(e) if adapter_required() => panic!(
+            "no GPU adapter, and CI / SDLAB_REQUIRE_GPU requires one: {e}\n\
+             (`make test` installs lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)"
+        ),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping {what}: {e} (set SDLAB_REQUIRE_GPU=1 to fail instead)"
+            );
+            None
+        }
+    }
+}
+
 pub(crate) fn shape(kernel: &'static str, detail: impl Into<String>) -> GpuError {
     GpuError::Kernel(crate::shape_err(kernel, detail))
 }

@@ -41,46 +41,46 @@ fn assert_tracks_cpu(what: &str, got: &[f32], want: &[f32]) {
 const SHAPES: [(usize, usize, usize); 4] =
     [(1, 576, 192), (3, 64, 70), (5, 1536, 96), (17, 96, 129)];
 
-#[test]
-fn q4_1_matmul_tracks_the_cpu_kernel() {
+/// The device's result for `format` against the CPU kernel's, on random
+/// activations and weights of each shape.
+fn matmul_tracks_the_cpu_kernel(format: QFormat, seed: u64) {
     let Some(ctx) = gpu_or_skip() else { return };
-    let mut r = rng(31);
+    let mut r = rng(seed);
     for (m, k, n) in SHAPES {
         let x: Vec<f32> = rand_vec(&mut r, m * k).iter().map(|v| v * 3.0).collect();
-        let w = Q4_1Matrix::quantize(&rand_vec(&mut r, n * k), n, k).unwrap();
+        let w = rand_vec(&mut r, n * k);
         let mut want = vec![0f32; m * n];
-        matmul_q4_1(&x, m, &w, &mut want).unwrap();
-        let gw = ctx.upload_q4_1_blocks(&w).unwrap();
+        let gw = match format {
+            QFormat::Q4_1 => {
+                let w = Q4_1Matrix::quantize(&w, n, k).unwrap();
+                matmul_q4_1(&x, m, &w, &mut want).unwrap();
+                ctx.upload_q4_1_blocks(&w).unwrap()
+            }
+            QFormat::Q8_0 => {
+                let w = Q8_0Matrix::quantize(&w, n, k).unwrap();
+                matmul_q8_0(&x, m, &w, &mut want).unwrap();
+                ctx.upload_q8_0_blocks(&w).unwrap()
+            }
+        };
         let gx = ctx.upload_f32(&x, &[m, k]).unwrap();
         let xq = ctx.quantized_rows(m, k).unwrap();
         let out = ctx.zeros(&[m, n], DType::F32).unwrap();
         let got = run_f32(ctx, &out, |e| {
-            ctx.quantize_rows(e, &gx, QFormat::Q4_1, &xq).unwrap();
+            ctx.quantize_rows(e, &gx, format, &xq).unwrap();
             ctx.qmatmul(e, &xq, &gw, &out).unwrap();
         });
-        assert_tracks_cpu(&format!("q4_1 {m}x{k}x{n}"), &got, &want);
+        assert_tracks_cpu(&format!("{format:?} {m}x{k}x{n}"), &got, &want);
     }
 }
 
 #[test]
+fn q4_1_matmul_tracks_the_cpu_kernel() {
+    matmul_tracks_the_cpu_kernel(QFormat::Q4_1, 31);
+}
+
+#[test]
 fn q8_0_matmul_tracks_the_cpu_kernel() {
-    let Some(ctx) = gpu_or_skip() else { return };
-    let mut r = rng(32);
-    for (m, k, n) in SHAPES {
-        let x: Vec<f32> = rand_vec(&mut r, m * k).iter().map(|v| v * 3.0).collect();
-        let w = Q8_0Matrix::quantize(&rand_vec(&mut r, n * k), n, k).unwrap();
-        let mut want = vec![0f32; m * n];
-        matmul_q8_0(&x, m, &w, &mut want).unwrap();
-        let gw = ctx.upload_q8_0_blocks(&w).unwrap();
-        let gx = ctx.upload_f32(&x, &[m, k]).unwrap();
-        let xq = ctx.quantized_rows(m, k).unwrap();
-        let out = ctx.zeros(&[m, n], DType::F32).unwrap();
-        let got = run_f32(ctx, &out, |e| {
-            ctx.quantize_rows(e, &gx, QFormat::Q8_0, &xq).unwrap();
-            ctx.qmatmul(e, &xq, &gw, &out).unwrap();
-        });
-        assert_tracks_cpu(&format!("q8_0 {m}x{k}x{n}"), &got, &want);
-    }
+    matmul_tracks_the_cpu_kernel(QFormat::Q8_0, 32);
 }
 
 /// The activation blocks themselves: codes, `d` and `s` as the CPU's

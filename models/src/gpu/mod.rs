@@ -39,14 +39,14 @@ pub use adapters::MAX_RESIDENT;
 
 use crate::config::RopeStyle;
 use crate::kv_cache::KvCache;
-use crate::llama::{validate_batch, Llama, SeqChunk};
+use crate::llama::{batch_layout, validate_batch, Llama, SeqChunk};
 use crate::lora::Target;
 use crate::{LlamaConfig, ModelError, Result};
 use adapters::GpuAdapters;
-use kernels::attention::{KvLayout, SeqAttention};
+use kernels::attention::KvLayout;
 /// The device layer, re-exported so callers of this module need no direct
 /// dependency on `kernels`.
-pub use kernels::gpu::{AdapterSummary, GpuContext};
+pub use kernels::gpu::{or_skip, AdapterSummary, GpuContext};
 use kernels::gpu::{DType, GpuError, GpuTensor};
 use std::sync::Arc;
 use weights::{project, GpuWeight};
@@ -267,17 +267,8 @@ impl GpuLlama {
             return Ok(Vec::new());
         }
         let ctx = Arc::clone(&self.ctx);
-        let mut positions = Vec::with_capacity(t);
-        let mut attn_seqs = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            attn_seqs.push(SeqAttention {
-                query_start: positions.len(),
-                query_len: s.len,
-                context_len: s.start + s.len,
-                block_table: s.block_table,
-            });
-            positions.extend((s.start..s.start + s.len).map(|p| p as u32));
-        }
+        let (positions, attn_seqs) = batch_layout(seqs);
+        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         // Up the bus: ids, positions, tables/rows/slots, logits row indices.
         let batch = ctx.attention_batch(&attn_seqs, self.layout)?;
         let ids = ctx.upload_u32(tokens, &[t])?;

@@ -200,7 +200,7 @@ struct EngineArgs {
     /// Where the model runs: `cpu`; `gpu`, the WGSL kernels on a Vulkan
     /// adapter (a software one such as lavapipe too; an error when there is
     /// none); `auto`, the GPU when the adapter is hardware, else the CPU.
-    /// LoRA adapters run on the CPU only.
+    /// LoRA adapters run on either.
     #[arg(long, default_value = "cpu", value_name = "cpu|gpu|auto")]
     device: Device,
 }

@@ -120,6 +120,13 @@ impl<'a> Stepper<'a> {
         })
     }
 
+    fn vocab_size(&self) -> usize {
+        match self {
+            Self::Cpu(m, _) => m.cfg.vocab_size,
+            Self::Gpu(g) => g.cfg().vocab_size,
+        }
+    }
+
     fn forward(
         &mut self,
         tokens: &[u32],
@@ -157,10 +164,7 @@ pub fn run_static(
     let regions: Vec<Vec<u32>> = (0..batch_limit)
         .map(|i| ((i * blocks_per_seq) as u32..((i + 1) * blocks_per_seq) as u32).collect())
         .collect();
-    let vocab = match &model {
-        Stepper::Cpu(m, _) => m.cfg.vocab_size,
-        Stepper::Gpu(g) => g.cfg().vocab_size,
-    };
+    let vocab = model.vocab_size();
     let started = Instant::now();
     let mut timings: Vec<Option<Timing>> = vec![None; work.len()];
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); work.len()];

@@ -2,10 +2,10 @@
 //! run by the WGSL kernels of [`kernels::gpu`].
 //!
 //! What lives on the device, uploaded once by [`GpuLlama::new`]: every
-//! weight (quantized ones dequantized to f32, which is what the shaders
-//! read), the RoPE tables, and a K and a V block pool per layer with the
-//! same layout and number of blocks as a [`KvCache`], so the engine's block
-//! tables mean the same thing on either device.
+//! weight (Q4_1 and Q8_0 in their blocks, the rest as f32; see
+//! `weights.rs`), the RoPE tables, and a K and a V block pool per layer
+//! with the same layout and number of blocks as a [`KvCache`], so the
+//! engine's block tables mean the same thing on either device.
 //!
 //! What crosses the bus per step: up, the token ids, their positions, the
 //! block tables with each row's table offset and KV slot, the logits rows'
@@ -21,16 +21,18 @@
 //!
 //! LoRA: sequences under adapters run in the same step as the others; after
 //! each projection one BGMV dispatch adds every row's own adapter delta
-//! (the adapters' factors stay on the device, see [`adapters`]). A step
+//! (the adapters' factors stay on the device, see `adapters.rs`). A step
 //! with adapters also sends the row → adapter slot map up.
 //!
 //! Numerics: the same operations in the same order per row as the CPU
-//! decoder, but in f32 with the GPU's own summation order (tiled matmul,
-//! f32 sums of squares, online softmax), so logits agree up to rounding,
-//! not bit for bit. For Q4_1 weights the CPU quantizes activations to Q8_1
-//! and the GPU does not, which widens the gap. Every kernel computes each
-//! row independently of the others, so a sequence's logits do not depend
-//! on the batch it runs in.
+//! decoder, but with the GPU's own summation order (tiled matmul, f32 sums
+//! of squares, online softmax) and its own `exp`, so logits agree up to
+//! rounding, not bit for bit. On f32 weights that keeps greedy tokens
+//! equal; on quantized weights both devices quantize activations to 8
+//! bits, which now and then turns a last-bit difference into a whole code
+//! step, so greedy tokens can part after a few tokens (the README says
+//! how often). Every kernel computes each row independently of the others,
+//! so a sequence's logits do not depend on the batch it runs in.
 
 mod adapters;
 mod weights;

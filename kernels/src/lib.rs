@@ -20,21 +20,25 @@
 //!   command encoder per pass; tested against these references on lavapipe.
 //!
 //! Every CPU kernel reduces with [`simd::dot`], whose summation order depends only
-//! on the vector length.
+//! on the vector length, and the decoder's exponentials are [`expf::exp`],
+//! which the GPU computes step for step.
 
 pub mod attention;
+pub mod expf;
 pub mod gpu;
 pub mod linear;
 pub mod lora;
 pub mod q8_0;
 pub mod quant;
 pub mod reference;
+pub mod rowwise;
 pub mod simd;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
 pub use linear::linear;
 pub use lora::{bgmv, LoraFactors};
 pub use reference::RopeStyle;
+pub use rowwise::{rms_norm, silu_mul};
 
 /// Errors from kernel argument checks. Kernels validate shapes once at entry
 /// and then run without bounds surprises.

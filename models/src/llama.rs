@@ -16,7 +16,7 @@ use crate::kv_cache::KvCache;
 use crate::lora::{LoraAdapter, Target};
 use crate::weights::Linear;
 use crate::{ModelError, Result};
-use kernels::{paged_attention, simd, write_kv, SeqAttention};
+use kernels::{paged_attention, rms_norm, write_kv, SeqAttention};
 use std::sync::Arc;
 
 /// One decoder block's weights.
@@ -210,9 +210,7 @@ impl Llama {
             let [mut gate, mut up] = Linear::forward_shared([&layer.w_gate, &layer.w_up], &hn, t)?;
             lora.apply(l, Target::Gate, &hn, &mut gate)?;
             lora.apply(l, Target::Up, &hn, &mut up)?;
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            kernels::silu_mul(&mut gate, &up);
             let mut down = layer.w_down.forward(&gate, t)?;
             lora.apply(l, Target::Down, &gate, &mut down)?;
             add_assign(&mut x, &down);
@@ -361,17 +359,6 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (cos, sin)
-}
-
-/// Row-wise RMSNorm: `x / sqrt(mean(x²) + eps) * w`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let h = w.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(h) {
-        let inv = 1.0 / (simd::dot(row, row) / h as f32 + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(v, g)| v * inv * g));
-    }
-    out
 }
 
 fn add_assign(x: &mut [f32], y: &[f32]) {

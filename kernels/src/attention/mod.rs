@@ -15,7 +15,7 @@
 //!
 //! Each (token, head) output is computed independently with a fixed order of
 //! operations, so it does not depend on what else is in the batch: scores
-//! `simd::dot(q, k) * scale`, their max, `exp(score - max)` summed in position
+//! `simd::dot(q, k) * scale`, their max, [`crate::expf::exp`]`(score - max)` summed in position
 //! order, `w = e * (1 / sum)`, and each output element accumulated as
 //! `o = fma(v, w, o)` in position order from 0.0 (what a loop of
 //! [`simd::axpy`] does; that loop is the portable path).
@@ -336,7 +336,7 @@ fn scores_from(
 fn softmax(weights: &mut [f32], n: usize, maxes: &[f32]) {
     for (w, &max) in weights.chunks_exact_mut(n).zip(maxes) {
         for x in w.iter_mut() {
-            *x = (*x - max).exp();
+            *x = crate::expf::exp(*x - max);
         }
     }
     for heads in weights.chunks_mut(3 * n) {
@@ -529,7 +529,7 @@ mod tests {
                     for (row, &max) in w_ref.chunks_exact_mut(n).zip(&m_ref) {
                         let mut sum = 0f32;
                         for x in row.iter_mut() {
-                            *x = (*x - max).exp();
+                            *x = crate::expf::exp(*x - max);
                             sum += *x;
                         }
                         let inv = 1.0 / sum;

@@ -22,13 +22,31 @@ pub struct AdapterSummary {
     /// A CPU implementation (lavapipe, SwiftShader): correct but slow.
     pub software: bool,
     pub max_storage_binding: u64,
+    /// How the kernels get the CPU's single-rounding multiply-add.
+    pub fma: FmaMode,
+}
+
+/// Whether the device's WGSL `fma` rounds once, as the CPU's FMA
+/// instructions do. Vulkan allows it to round twice (lavapipe does); then
+/// the kernels emulate it (`shaders/numerics.wgsl`), so either way they
+/// compute the CPU decoder's bits. Found by [`GpuContext::new`] running
+/// `fma` on triples where the two roundings differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FmaMode {
+    /// The device's `fma` is exact on every probe.
+    Native,
+    /// Emulated exactly with plain operations.
+    Emulated,
+    /// Neither matched the CPU on the probes: results agree with the
+    /// CPU's up to rounding only.
+    Inexact,
 }
 
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({:?}, {:?}{}, driver {:?}, max storage binding {} MiB)",
+            "{} ({:?}, {:?}{}, driver {:?}, max storage binding {} MiB, fma {:?})",
             self.name,
             self.backend,
             self.device_type,
@@ -38,7 +56,8 @@ impl std::fmt::Display for AdapterSummary {
                 ""
             },
             self.driver,
-            self.max_storage_binding >> 20
+            self.max_storage_binding >> 20,
+            self.fma
         )
     }
 }
@@ -66,6 +85,7 @@ pub(crate) struct Pipelines {
     pub quantize: wgpu::ComputePipeline,
     pub matmul_q4_1: wgpu::ComputePipeline,
     pub matmul_q8_0: wgpu::ComputePipeline,
+    pub fma_probe: wgpu::ComputePipeline,
 }
 
 /// Device, queue and pipelines. Cheap to share behind an `Arc`; every kernel
@@ -88,6 +108,7 @@ fn summarize(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> AdapterSummary 
             .to_string(),
         software: info.device_type == wgpu::DeviceType::Cpu,
         max_storage_binding: limits.max_storage_buffer_binding_size,
+        fma: FmaMode::Inexact,
     }
 }
 
@@ -150,20 +171,58 @@ impl GpuContext {
             })
             .await?;
         let summary = summarize(&info, &limits);
-        // A shader that does not compile (or a pipeline the device rejects)
-        // is an error to return, not a panic in wgpu's default handler.
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = Pipelines::new(&device);
-        if let Some(e) = scope.pop().await {
-            return Err(GpuError::Pipeline(e.to_string()));
-        }
-        Ok(Self {
+        let pipelines = Pipelines::compile(&device, false).await?;
+        let mut ctx = Self {
             device,
             queue,
             limits,
             pipelines,
             summary,
-        })
+        };
+        // Which multiply-add to compile in: the device's own when it rounds
+        // once, else the emulation, checked too.
+        let probes = fma_probes();
+        let got = ctx.fma_results(&probes)?;
+        let exact = |i: usize| {
+            probes
+                .iter()
+                .zip(&got)
+                .all(|([a, b, c], r)| r[i].to_bits() == a.mul_add(*b, *c).to_bits())
+        };
+        ctx.summary.fma = if exact(0) {
+            ctx.pipelines = Pipelines::compile(&ctx.device, true).await?;
+            FmaMode::Native
+        } else if exact(1) {
+            FmaMode::Emulated
+        } else {
+            FmaMode::Inexact
+        };
+        Ok(ctx)
+    }
+
+    /// For each `[a, b, c]`, the device's `fma(a, b, c)` and the kernels'
+    /// `fma_exact(a, b, c)` (as compiled: native or emulated). What the
+    /// context's probe runs; the tests run it on many triples.
+    pub fn fma_results(&self, triples: &[[f32; 3]]) -> Result<Vec<[f32; 2]>> {
+        let n = triples.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let flat: Vec<f32> = triples.iter().flatten().copied().collect();
+        let abc = self.upload_f32(&flat, &[n * 3])?;
+        let out = self.zeros(&[n * 2], super::DType::F32)?;
+        let mut e = self.encoder();
+        let groups = self.grid((n as u64).div_ceil(64))?;
+        self.dispatch(
+            &mut e,
+            &self.pipelines.fma_probe,
+            "fma probe",
+            &[n as u32],
+            &[(1, abc.buffer()), (2, out.buffer())],
+            groups,
+        );
+        let r = self.finish_and_read_f32(e, &out)?;
+        Ok(r.chunks_exact(2).map(|p| [p[0], p[1]]).collect())
     }
 
     /// The same, shared.
@@ -262,34 +321,75 @@ impl GpuContext {
     }
 }
 
+/// Triples whose multiply-add rounds differently once and twice: a product
+/// a rounding away from cancelling the addend, at several magnitudes and
+/// signs.
+fn fma_probes() -> Vec<[f32; 3]> {
+    let mut v = Vec::new();
+    for (i, s) in [1.0f32, -3.0, 0.01, 1e6, -7e-5].into_iter().enumerate() {
+        let a = s * (1.0 + f32::EPSILON * (4097 + 2 * i) as f32);
+        let b = 1.0 - f32::EPSILON * (8191 + 3 * i) as f32;
+        let p = a * b;
+        v.push([a, b, -p]);
+        v.push([b, a, f32::from_bits(p.to_bits() + 1) * -1.0]);
+    }
+    v
+}
+
+/// The source of a kernel that uses `numerics.wgsl`.
+fn with_numerics(src: &str) -> String {
+    format!("{}\n{src}", include_str!("shaders/numerics.wgsl"))
+}
+
 impl Pipelines {
-    fn new(device: &wgpu::Device) -> Self {
+    /// Compiles every kernel; `fma_native` picks the device's `fma` for
+    /// `fma_exact`. A shader that does not compile (or a pipeline the
+    /// device rejects) is an error to return, not a panic in wgpu's
+    /// default handler.
+    async fn compile(device: &wgpu::Device, fma_native: bool) -> Result<Self> {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipelines = Self::new(device, fma_native);
+        if let Some(e) = scope.pop().await {
+            return Err(GpuError::Pipeline(e.to_string()));
+        }
+        Ok(pipelines)
+    }
+
+    fn new(device: &wgpu::Device, fma_native: bool) -> Self {
         let module = |label: &str, src: &str| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(src.into()),
             })
         };
-        let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
+        let numerics = |label: &str, src: &str| module(label, &with_numerics(src));
+        let constants = [("FMA_NATIVE", if fma_native { 1.0 } else { 0.0 })];
+        let build = |module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
                 module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
                 cache: None,
             })
         };
-        let elementwise = module("elementwise", include_str!("shaders/elementwise.wgsl"));
+        let pipeline = |module: &wgpu::ShaderModule, entry: &str| build(module, entry, &[]);
+        // Kernels that use numerics.wgsl.
+        let exact = |module: &wgpu::ShaderModule, entry: &str| build(module, entry, &constants);
+        let elementwise = numerics("elementwise", include_str!("shaders/elementwise.wgsl"));
         let bgmv = module("bgmv", include_str!("shaders/bgmv.wgsl"));
-        let qmatmul = module("qmatmul", include_str!("shaders/qmatmul.wgsl"));
+        let qmatmul = numerics("qmatmul", include_str!("shaders/qmatmul.wgsl"));
         Self {
             embedding: pipeline(
                 &module("embedding", include_str!("shaders/embedding.wgsl")),
                 "main",
             ),
-            rms_norm: pipeline(
-                &module("rms_norm", include_str!("shaders/rms_norm.wgsl")),
+            rms_norm: exact(
+                &numerics("rms_norm", include_str!("shaders/rms_norm.wgsl")),
                 "main",
             ),
             rope: pipeline(&module("rope", include_str!("shaders/rope.wgsl")), "main"),
@@ -301,21 +401,25 @@ impl Pipelines {
                 &module("matmul_skinny", include_str!("shaders/matmul_skinny.wgsl")),
                 "main",
             ),
-            add: pipeline(&elementwise, "add"),
-            silu_mul: pipeline(&elementwise, "silu_mul"),
+            add: exact(&elementwise, "add"),
+            silu_mul: exact(&elementwise, "silu_mul"),
             write_kv: pipeline(
                 &module("write_kv", include_str!("shaders/write_kv.wgsl")),
                 "main",
             ),
-            attention: pipeline(
-                &module("attention", include_str!("shaders/attention.wgsl")),
+            attention: exact(
+                &numerics("attention", include_str!("shaders/attention.wgsl")),
                 "main",
             ),
             bgmv_shrink: pipeline(&bgmv, "shrink"),
             bgmv_expand: pipeline(&bgmv, "expand"),
-            quantize: pipeline(&qmatmul, "quantize"),
-            matmul_q4_1: pipeline(&qmatmul, "matmul_q4_1"),
-            matmul_q8_0: pipeline(&qmatmul, "matmul_q8_0"),
+            quantize: exact(&qmatmul, "quantize"),
+            matmul_q4_1: exact(&qmatmul, "matmul_q4_1"),
+            matmul_q8_0: exact(&qmatmul, "matmul_q8_0"),
+            fma_probe: exact(
+                &numerics("fma_probe", include_str!("shaders/fma_probe.wgsl")),
+                "main",
+            ),
         }
     }
 }

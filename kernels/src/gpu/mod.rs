@@ -46,7 +46,7 @@ mod quant;
 mod tensor;
 
 pub use attention::{GpuAttentionBatch, MAX_HEAD_DIM};
-pub use context::{AdapterSummary, GpuContext};
+pub use context::{AdapterSummary, FmaMode, GpuContext};
 pub use lora::GpuLora;
 pub use ops::MatmulKernel;
 pub use quant::{GpuQMatrix, QFormat};

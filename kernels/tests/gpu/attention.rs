@@ -1,6 +1,6 @@
 //! The K/V scatter and paged attention over shuffled block tables.
 
-use crate::{assert_close, gpu_or_skip, rand_vec, rng, run_f32};
+use crate::{assert_bits, assert_close, gpu_or_skip, rand_vec, rng, run_f32};
 use kernels::attention::{KvLayout, SeqAttention};
 use kernels::gpu::{DType, GpuContext};
 use kernels::reference;
@@ -107,7 +107,7 @@ fn check_attention(ctx: &GpuContext, sc: &Scenario, seed: u64, what: &str) {
     assert_close(what, &got, &want, 1e-4, 2e-5);
     let mut fast = vec![0f32; want.len()];
     kernels::paged_attention(&q, &k_cache, &v_cache, layout, nh, &seqs, scale, &mut fast).unwrap();
-    assert_close(&format!("{what} vs CPU kernel"), &got, &fast, 1e-4, 2e-5);
+    assert_bits(&format!("{what} vs CPU kernel"), &got, &fast);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Embedding, RMSNorm, RoPE, matmul (f32, dequantized, logits), SiLU-mul,
 //! residual add and BGMV.
 
-use crate::{assert_close, gpu_or_skip, rand_vec, rng, run_f32};
+use crate::{assert_bits, assert_close, gpu_or_skip, rand_vec, rng, run_f32};
 use kernels::gpu::{DType, MatmulKernel};
 use kernels::{reference, LoraFactors, RopeStyle};
 use rand::Rng;
@@ -53,6 +53,8 @@ fn rms_norm_matches_reference() {
             1e-5,
             1e-6,
         );
+        let cpu = kernels::rms_norm(&x, &w, eps);
+        assert_bits(&format!("rms_norm {rows}x{hidden} vs CPU"), &got, &cpu);
     }
 }
 
@@ -80,13 +82,7 @@ fn rope_matches_reference_in_both_layouts() {
         });
         let mut want = x.clone();
         reference::rope(&mut want, &positions, heads, head_dim, &cos, &sin, style);
-        assert_close(
-            &format!("rope {style:?} {heads}x{head_dim}"),
-            &got,
-            &want,
-            0.0,
-            1e-6,
-        );
+        assert_bits(&format!("rope {style:?} {heads}x{head_dim}"), &got, &want);
     }
 }
 
@@ -203,6 +199,9 @@ fn silu_mul_and_add_match_reference() {
         1e-5,
         1e-6,
     );
+    let mut cpu = gate.clone();
+    kernels::silu_mul(&mut cpu, &up);
+    assert_bits("silu_mul vs CPU", &got, &cpu);
 
     // Residual add, in place: exact, since one f32 addition rounds alike.
     let got = run_f32(ctx, &gu, |e| ctx.add(e, &gu, &gg).unwrap());

@@ -2,15 +2,20 @@
 //! that are not multiples of any tile or workgroup, and a tolerance stated
 //! per kernel.
 //!
-//! Tolerances (|gpu - ref| <= atol + rtol·|ref|, inputs in [-1, 1]):
-//! - embedding gather, residual add, K/V scatter: exact.
-//! - RoPE: atol 1e-6 (same f32 tables; only FMA contraction may differ).
-//! - RMSNorm: rtol 1e-5, atol 1e-6 (f32 sum of squares vs f64).
-//! - SiLU-mul: rtol 1e-5, atol 1e-6 (the shader's `exp` vs f64).
+//! Bit for bit against the CPU kernels the decoder runs (the device
+//! computes the same operations in the same order, with single-rounding
+//! multiply-adds and the CPU's `exp`, `shaders/numerics.wgsl`): embedding
+//! gather, residual add, K/V scatter, RoPE, RMSNorm, SiLU-mul, paged
+//! attention, activation quantization and the quantized matmuls; and the
+//! emulated multiply-add itself against the CPU's FMA on many triples.
+//!
+//! Within a tolerance (|gpu - ref| <= atol + rtol·|ref|, inputs in [-1, 1]),
+//! against the f64 references in `kernels::reference`:
+//! - RMSNorm: rtol 1e-5, atol 1e-6; SiLU-mul: rtol 1e-5, atol 1e-6.
 //! - matmul, logits, dequantized matmul: rtol 1e-4, atol 1e-4 (f32 in tile
-//!   order vs f64, k up to 1000).
-//! - paged attention: rtol 1e-4, atol 2e-5 (online softmax in f32 vs
-//!   two-pass f64).
+//!   order vs f64, k up to 1000; the f32 matmul keeps its own tile order,
+//!   not the CPU's).
+//! - paged attention: rtol 1e-4, atol 2e-5.
 //! - BGMV: rtol 1e-4, atol 1e-5.
 //! - a whole layer chained in one submit: rtol 1e-3, atol 1e-4.
 //!
@@ -23,7 +28,7 @@ mod layer;
 mod quant;
 
 use kernels::attention::{KvLayout, SeqAttention};
-use kernels::gpu::{wgpu, DType, GpuContext, GpuError, GpuTensor};
+use kernels::gpu::{wgpu, DType, FmaMode, GpuContext, GpuError, GpuTensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
@@ -66,6 +71,29 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
     );
 }
 
+/// Every value has the CPU's bits (NaNs aside, none are expected).
+#[track_caller]
+fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let differ = got
+        .iter()
+        .zip(want)
+        .filter(|(g, w)| g.to_bits() != w.to_bits())
+        .count();
+    if let Some((i, (g, w))) = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .find(|(_, (g, w))| g.to_bits() != w.to_bits())
+    {
+        panic!(
+            "{what}: {differ} of {} values differ from the CPU's bits; first [{i}]: gpu {g:e} vs cpu {w:e}",
+            got.len()
+        );
+    }
+    eprintln!("{what}: {} values, all the CPU's bits", got.len());
+}
+
 fn run_f32(
     ctx: &GpuContext,
     out: &GpuTensor,
@@ -85,6 +113,50 @@ fn adapter_is_reported() {
     assert_eq!(a.backend, wgpu::Backend::Vulkan);
     assert_eq!(a.software, a.device_type == wgpu::DeviceType::Cpu);
     assert!(a.max_storage_binding >= 128 << 20);
+    assert_ne!(a.fma, FmaMode::Inexact, "no exact multiply-add on {a}");
+}
+
+/// The multiply-add the kernels use (`fma_exact`: native where the device
+/// rounds once, else emulated) against the CPU's FMA instruction, on random
+/// triples, on products that nearly cancel the addend (where one and two
+/// roundings differ most), and on zeros and exact values.
+#[test]
+fn multiply_add_rounds_once_as_on_the_cpu() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let mut r = rng(99);
+    let mut triples = Vec::new();
+    for i in 0..60_000 {
+        let mag = |r: &mut StdRng| 2f32.powi(r.random_range(-20..20));
+        let a = r.random_range(-1.0f32..1.0) * mag(&mut r);
+        let b = r.random_range(-1.0f32..1.0) * mag(&mut r);
+        let c = match i % 3 {
+            0 => r.random_range(-1.0f32..1.0) * mag(&mut r),
+            // Near cancellation: -a·b rounded, nudged by a few ulps.
+            1 => -f32::from_bits((a * b).to_bits().wrapping_add(r.random_range(0..4))),
+            _ => -(a * b) * r.random_range(0.5f32..2.0),
+        };
+        triples.push([a, b, c]);
+    }
+    triples.extend([
+        [0.0, 5.0, 1.0],
+        [3.0, 0.5, -1.5],
+        [1.0, 1.0, 0.0],
+        [-2.0, 0.25, 0.0],
+    ]);
+    let got = ctx.fma_results(&triples).unwrap();
+    let want: Vec<f32> = triples.iter().map(|[a, b, c]| a.mul_add(*b, *c)).collect();
+    let exact: Vec<f32> = got.iter().map(|r| r[1]).collect();
+    assert_bits(
+        &format!("fma_exact ({:?})", ctx.adapter().fma),
+        &exact,
+        &want,
+    );
+    let native = got
+        .iter()
+        .zip(&want)
+        .filter(|(r, w)| r[0].to_bits() == w.to_bits())
+        .count();
+    eprintln!("the device's own fma: {native}/{} rounded once", want.len());
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn add(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let i = index(wg, nwg, lid);
     if (i < p.n) {
         dst[i] = dst[i] + src[i];
@@ -34,16 +35,17 @@ fn add(
 }
 
 // dst[i] = silu(src[i]) * src2[i], with silu(g) = g / (1 + exp(-g)), the
-// same expression as the CPU model.
+// same expression and the same exp as the CPU model.
 @compute @workgroup_size(256)
 fn silu_mul(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let i = index(wg, nwg, lid);
     if (i < p.n) {
         let g = src[i];
-        dst[i] = g / (1.0 + exp(-g)) * src2[i];
+        dst[i] = g / (1.0 + exp_cpu(-g)) * src2[i];
     }
 }

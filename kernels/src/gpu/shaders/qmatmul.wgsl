@@ -13,11 +13,11 @@
 //
 // The float operations per output follow the CPU's portable order
 // (`vec_dot_lanes`): eight lanes of four products, each lane accumulating
-// `fma(d_w·d_x, Σ, acc)` over the blocks, folded as simd::fold8 folds them,
-// plus (Q4_1) the `m·s` terms. Vulkan lets `fma` round twice (lavapipe
-// does) and division be 2.5 ulp off, so the last bits of an output (and,
-// once in a while, an activation scale or a code at a rounding boundary)
-// may differ from the CPU's; the integer sums and the order are the same.
+// `fma(d_w·d_x, Σ, acc)` over the blocks (rounded once, numerics.wgsl),
+// folded as simd::fold8 folds them, plus (Q4_1) the `m·s` terms; so the
+// outputs are the CPU's bits (tested on lavapipe). Vulkan lets division be
+// 2.5 ulp off: on a device that uses that freedom an activation scale or
+// code at a rounding boundary may still differ.
 
 struct Params {
     m: u32,
@@ -34,11 +34,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> xq_in: array<u32>;
 @group(0) @binding(4) var<storage, read_write> xq: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-
-// A power of two, 2^e, for -126 <= e <= 127 (exact, unlike exp2).
-fn pow2(e: i32) -> f32 {
-    return bitcast<f32>(u32(e + 127) << 23u);
-}
 
 // x rounded to the nearest f16 (ties to even), as an f32: the quantum is
 // 2^(e - 10) for a binade 2^e (e >= -14, f16's subnormals below), and
@@ -74,6 +69,7 @@ fn quantize(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let blk = (wg.x + wg.y * nwg.x) * 64u + lid;
     if (blk >= p.m * p.kb) {
         return;
@@ -113,14 +109,6 @@ fn quantize(
     xq[blk * 10u + 9u] = bitcast<u32>(f16_round(f32(sum) * d));
 }
 
-fn fold8(l: array<f32, 8>) -> f32 {
-    let q0 = l[0] + l[4];
-    let q1 = l[1] + l[5];
-    let q2 = l[2] + l[6];
-    let q3 = l[3] + l[7];
-    return (q0 + q2) + (q1 + q3);
-}
-
 // One invocation per output (row r, column c) of out [m, n].
 @compute @workgroup_size(64)
 fn matmul_q4_1(
@@ -128,6 +116,7 @@ fn matmul_q4_1(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let idx = (wg.x + wg.y * nwg.x) * 64u + lid;
     if (idx >= p.m * p.n) {
         return;
@@ -154,9 +143,9 @@ fn matmul_q4_1(
                 let code = i32((ww >> (8u * i + shift)) & 0xfu);
                 s += code * i8_of(xw, i);
             }
-            acc[l] = fma(scale, f32(s), acc[l]);
+            acc[l] = fma_exact(scale, f32(s), acc[l]);
         }
-        summs = fma(bitcast<f32>(w[wb + 1u]), bitcast<f32>(xq_in[xb + 9u]), summs);
+        summs = fma_exact(bitcast<f32>(w[wb + 1u]), bitcast<f32>(xq_in[xb + 9u]), summs);
     }
     out[idx] = fold8(acc) + summs;
 }
@@ -168,6 +157,7 @@ fn matmul_q8_0(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let idx = (wg.x + wg.y * nwg.x) * 64u + lid;
     if (idx >= p.m * p.n) {
         return;
@@ -189,7 +179,7 @@ fn matmul_q8_0(
             for (var i = 0u; i < 4u; i++) {
                 s += i8_of(ww, i) * i8_of(xw, i);
             }
-            acc[l] = fma(scale, f32(s), acc[l]);
+            acc[l] = fma_exact(scale, f32(s), acc[l]);
         }
     }
     out[idx] = fold8(acc);

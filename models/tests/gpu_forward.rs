@@ -1,11 +1,12 @@
 //! The decoder on the GPU ([`models::gpu::GpuLlama`]) against the CPU
-//! decoder, on the synthetic "tiny" model (f32 weights, so the only
-//! difference is f32 rounding order).
+//! decoder, on synthetic models.
 //!
-//! Tolerance for logits: |gpu - cpu| <= 1e-4 + 1e-4·|cpu| (f32 throughout;
-//! the GPU sums in tile order and softmaxes online, the CPU in its own
-//! order; two layers; logits of order 1). On lavapipe the largest
-//! difference seen is 4e-6. Greedy tokens must match exactly.
+//! With f32 weights ("tiny"), the f32 matmul sums in its own tile order, so
+//! logits agree within |gpu - cpu| <= 1e-4 + 1e-4·|cpu| (two layers,
+//! logits of order 1; on lavapipe the largest difference seen is 4e-6) and
+//! greedy tokens must match exactly. With quantized weights (the "small"
+//! model's projections in Q4_1 and its head in Q8_0, SmolLM2's formats),
+//! every step computes the CPU's bits, so the logits must be identical.
 //!
 //! Without a Vulkan adapter the tests skip with a message, unless `CI=true`
 //! or `SDLAB_REQUIRE_GPU=1`, where they fail.
@@ -15,7 +16,9 @@ mod common;
 use common::argmax;
 use kernels::gpu::GpuContext;
 use models::gpu::{GpuLlama, MAX_RESIDENT};
+use models::llama::Layer;
 use models::lora::{LoraAdapter, Target};
+use models::weights::Linear;
 use models::{KvCache, Llama, SeqChunk};
 use std::sync::{Arc, OnceLock};
 
@@ -30,16 +33,58 @@ fn gpu_or_skip() -> Option<Arc<GpuContext>> {
         .clone()
 }
 
+fn synthetic(preset: &str) -> Llama {
+    let dir = std::env::temp_dir().join(format!(
+        "sdlab-models-gpu-forward-{preset}-{}",
+        std::process::id()
+    ));
+    let preset = models::synth::SynthPreset::by_name(preset).unwrap();
+    models::synth::write_synthetic_model(&dir, &preset, 13).unwrap();
+    let loaded = models::load(dir.to_str().unwrap(), Default::default()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded.model
+}
+
 fn tiny_model() -> &'static Llama {
     static MODEL: OnceLock<Llama> = OnceLock::new();
+    MODEL.get_or_init(|| synthetic("tiny"))
+}
+
+/// The "small" synthetic model with SmolLM2's GGUF formats: Q4_1
+/// projections and a Q8_0 LM head (untied).
+fn quantized_small_model() -> &'static Llama {
+    static MODEL: OnceLock<Llama> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("sdlab-models-gpu-forward-{}", std::process::id()));
-        let preset = models::synth::SynthPreset::by_name("tiny").unwrap();
-        models::synth::write_synthetic_model(&dir, &preset, 13).unwrap();
-        let loaded = models::load(dir.to_str().unwrap(), Default::default()).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        loaded.model
+        let m = synthetic("small");
+        let q4_1 = |l: &Linear| {
+            let w = l.to_dense().unwrap();
+            let q = kernels::quant::Q4_1Matrix::quantize(&w, l.out_features(), l.in_features());
+            Linear::Q4_1(q.unwrap())
+        };
+        let layers = m
+            .layers()
+            .iter()
+            .map(|l| Layer {
+                attn_norm: l.attn_norm.clone(),
+                wq: q4_1(&l.wq),
+                wk: q4_1(&l.wk),
+                wv: q4_1(&l.wv),
+                wo: q4_1(&l.wo),
+                ffn_norm: l.ffn_norm.clone(),
+                w_gate: q4_1(&l.w_gate),
+                w_up: q4_1(&l.w_up),
+                w_down: q4_1(&l.w_down),
+            })
+            .collect();
+        let head = m.lm_head();
+        let q = kernels::q8_0::Q8_0Matrix::quantize(
+            &head.to_dense().unwrap(),
+            head.out_features(),
+            head.in_features(),
+        );
+        let embed = Arc::new(m.embed().to_vec());
+        let norm = m.final_norm().to_vec();
+        Llama::new(m.cfg.clone(), embed, layers, norm, Linear::Q8_0(q.unwrap())).unwrap()
     })
 }
 
@@ -219,6 +264,39 @@ fn greedy_tokens_match_cpu() {
         assert_close(&format!("prompt {i} step logits"), gl, cl);
     }
     // The prompts do not all decode alike, or the check proves little.
+    assert!(cpu.iter().any(|(t, _)| t != &cpu[0].0));
+}
+
+/// (b') On quantized weights the GPU computes the CPU's bits: greedy
+/// decoding of four prompts in one batch (a joint prefill of different
+/// lengths, then 12 joint decode steps) gives the same tokens from
+/// identical logits.
+#[test]
+fn quantized_weights_give_the_cpu_bits() {
+    let Some(ctx) = gpu_or_skip() else { return };
+    let model = quantized_small_model();
+    let vocab = model.cfg.vocab_size;
+    let ps = prompts(vocab);
+    let (n, per_seq, bs) = (12, 3, 16);
+    let blocks = per_seq * ps.len();
+    let cpu = greedy_batch(&mut Device::cpu(model, blocks, bs), &ps, n, per_seq, vocab);
+    let mut gpu = Device::gpu(&ctx, model, blocks, bs);
+    let gpu = greedy_batch(&mut gpu, &ps, n, per_seq, vocab);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (i, ((ct, cl), (gt, gl))) in cpu.iter().zip(&gpu).enumerate() {
+        assert_eq!(gt, ct, "prompt {i}: GPU tokens vs CPU tokens");
+        let differ = bits(gl)
+            .iter()
+            .zip(bits(cl))
+            .filter(|(g, c)| **g != *c)
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "prompt {i}: {differ} of {} logits differ",
+            cl.len()
+        );
+    }
     assert!(cpu.iter().any(|(t, _)| t != &cpu[0].0));
 }
 

@@ -327,11 +327,17 @@ fn gpu_tokens_do_not_depend_on_the_batch() {
 
 /// LoRA on the GPU: one batch mixing two adapters (different ranks and
 /// targets) and a sequence without one gives the CPU decoder's logits, in
-/// prefill and in decode.
+/// prefill and in decode: within rounding on f32 weights, bit for bit on
+/// quantized ones.
 #[test]
 fn lora_batches_match_the_cpu() {
     let Some(ctx) = gpu_or_skip() else { return };
-    let model = tiny_model();
+    lora_batch_matches_the_cpu(&ctx, tiny_model(), false);
+    lora_batch_matches_the_cpu(&ctx, quantized_small_model(), true);
+}
+
+fn lora_batch_matches_the_cpu(ctx: &Arc<GpuContext>, model: &Llama, bitwise: bool) {
+    let ctx = ctx.clone();
     let cfg = &model.cfg;
     let all = LoraAdapter::synth(cfg, 4, &Target::ALL, 1).unwrap();
     let qv = LoraAdapter::synth(cfg, 8, &[Target::Q, Target::V], 2).unwrap();
@@ -359,6 +365,13 @@ fn lora_batches_match_the_cpu() {
         let want = cpu.forward(&tokens, &seqs, &rows);
         let got = gpu.forward(&tokens, &seqs, &rows);
         assert_close(&format!("lora step {step}"), &got, &want);
+        if bitwise {
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "lora step {step}: logits differ from the CPU's bits");
+        }
         // Next: each sequence's greedy token, one at a time.
         let next: Vec<u32> = want.chunks_exact(cfg.vocab_size).map(argmax).collect();
         for i in 0..3 {

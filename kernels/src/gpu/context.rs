@@ -381,7 +381,7 @@ impl Pipelines {
         // Kernels that use numerics.wgsl.
         let exact = |module: &wgpu::ShaderModule, entry: &str| build(module, entry, &constants);
         let elementwise = numerics("elementwise", include_str!("shaders/elementwise.wgsl"));
-        let bgmv = module("bgmv", include_str!("shaders/bgmv.wgsl"));
+        let bgmv = numerics("bgmv", include_str!("shaders/bgmv.wgsl"));
         let qmatmul = numerics("qmatmul", include_str!("shaders/qmatmul.wgsl"));
         Self {
             embedding: pipeline(
@@ -411,8 +411,8 @@ impl Pipelines {
                 &numerics("attention", include_str!("shaders/attention.wgsl")),
                 "main",
             ),
-            bgmv_shrink: pipeline(&bgmv, "shrink"),
-            bgmv_expand: pipeline(&bgmv, "expand"),
+            bgmv_shrink: exact(&bgmv, "shrink"),
+            bgmv_expand: exact(&bgmv, "expand"),
             quantize: exact(&qmatmul, "quantize"),
             matmul_q4_1: exact(&qmatmul, "matmul_q4_1"),
             matmul_q8_0: exact(&qmatmul, "matmul_q8_0"),

@@ -26,6 +26,15 @@
 //! arithmetic, [`GpuContext::qmatmul`]) or are dequantized to f32 on upload
 //! ([`GpuContext::upload_q4_1`], [`GpuContext::upload_q8_0`]).
 //!
+//! Numerics: the kernels a decoder on quantized weights runs (RMSNorm,
+//! RoPE, SiLU-mul, add, paged attention, BGMV, activation quantization and
+//! the quantized matmuls) compute the CPU kernels' bits: the same
+//! operations in the same order, multiply-adds rounded once (the device's
+//! `fma` where a probe at start-up finds it exact, [`FmaMode`], else an
+//! exact emulation), and the CPU's `exp` ([`crate::expf`]); the shared
+//! functions are in `shaders/numerics.wgsl`. The f32 matmul keeps its own
+//! tile order (within rounding of the CPU's).
+//!
 //! Each kernel's small parameters (sizes, eps, scale) go in a uniform buffer
 //! of their own, created for that dispatch, so that several dispatches of
 //! one encoder never share (and overwrite) parameters.

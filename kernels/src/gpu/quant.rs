@@ -2,11 +2,11 @@
 //! blocks (4.5 and 8.5 bits a weight instead of 32), multiplied by
 //! activations quantized per 32 values on the device, with the arithmetic
 //! of sdlab's CPU kernels ([`crate::quant`], [`crate::q8_0`]; see
-//! `shaders/qmatmul.wgsl`). A GGUF model on `--device gpu` thus computes
-//! what it computes on the CPU up to the last bits of a few float steps
-//! (Vulkan's `fma` may round twice, its division is 2.5 ulp), where
-//! dequantizing to f32 would not: f32 activations against the CPU's 8-bit
-//! ones moved SmolLM2's greedy tokens apart after five tokens.
+//! `shaders/qmatmul.wgsl`, with the multiply-adds rounded once as the
+//! CPU's are). A GGUF model on `--device gpu` thus computes the CPU's bits
+//! (tested on lavapipe), where dequantizing to f32 would not: f32
+//! activations against the CPU's 8-bit ones moved SmolLM2's greedy tokens
+//! apart after five tokens.
 
 use super::ops::distinct;
 use super::{DType, GpuContext, GpuTensor, Result};

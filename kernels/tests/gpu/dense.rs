@@ -213,7 +213,8 @@ fn silu_mul_and_add_match_reference() {
 fn bgmv_matches_reference() {
     let Some(ctx) = gpu_or_skip() else { return };
     let mut r = rng(10);
-    let (k, n) = (70, 45);
+    // n past one 64-column tile of the CPU kernel, k past a multiple of 8.
+    let (k, n) = (70, 150);
     let (a0, b0) = (rand_vec(&mut r, 8 * k), rand_vec(&mut r, 8 * n));
     let (a2, b2) = (rand_vec(&mut r, 3 * k), rand_vec(&mut r, 3 * n));
     let slots = [
@@ -255,6 +256,9 @@ fn bgmv_matches_reference() {
     let mut want = base.clone();
     reference::bgmv(&x, k, &row_slots, &slots, n, &mut want);
     assert_close("bgmv", &got, &want, 1e-4, 1e-5);
+    let mut cpu = base.clone();
+    kernels::bgmv(&x, k, &row_slots, &slots, n, &mut cpu).unwrap();
+    assert_bits("bgmv vs CPU", &got, &cpu);
     // Rows without an adapter are untouched.
     assert_eq!(got[n..2 * n], base[n..2 * n]);
 }

@@ -6,7 +6,7 @@
 //! computes the same operations in the same order, with single-rounding
 //! multiply-adds and the CPU's `exp`, `shaders/numerics.wgsl`): embedding
 //! gather, residual add, K/V scatter, RoPE, RMSNorm, SiLU-mul, paged
-//! attention, activation quantization and the quantized matmuls; and the
+//! attention, BGMV, activation quantization and the quantized matmuls; and the
 //! emulated multiply-add itself against the CPU's FMA on many triples.
 //!
 //! Within a tolerance (|gpu - ref| <= atol + rtol·|ref|, inputs in [-1, 1]),

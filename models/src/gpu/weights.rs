@@ -1,11 +1,9 @@
 //! A linear layer's weights on the device, in the form the CPU decoder
 //! holds them: sdlab's quantized formats (Q4_1, Q8_0) stay in their blocks
-//! and run the quantized kernels, which compute what the CPU kernels
-//! compute (8-bit activations, the same integer sums; the float steps may
-//! differ in the last bits); everything else is f32 and runs the f32
-//! matmul. A decode step thus reads 4.5 or 8.5 bits a weight instead of 32,
-//! and the GPU follows the CPU's numerics far more closely than f32
-//! weights against the CPU's 8-bit activations would.
+//! and run the quantized kernels, which compute the CPU kernels' bits
+//! (8-bit activations, the same integer sums, the same float steps);
+//! everything else is f32 and runs the f32 matmul. A decode step thus
+//! reads 4.5 or 8.5 bits a weight instead of 32.
 
 use crate::weights::Linear;
 use crate::Result;

@@ -5,11 +5,16 @@
 // transposed) is [total_rank, n]; slot s owns rows slot_meta[4s]..slot_meta[4s] +
 // slot_meta[4s + 1] of both, with scale bitcast(slot_meta[4s + 2]).
 //
-// shrink: one workgroup per (row, i < max_rank): the 64 invocations reduce
-//   the dot product of x[r] with A_s row i; t[r, i] = scale · dot (zero for
-//   i beyond the slot's rank or rows without an adapter).
+// shrink: one workgroup per (row, i < max_rank): the dot product of x[r]
+//   with A_s row i as simd::dot computes it (invocation l < 8 accumulates
+//   lane l with single-rounding multiply-adds, then the fold and the tail);
+//   t[r, i] = scale · dot (zero for i beyond the slot's rank or rows
+//   without an adapter).
 // expand: one invocation per (row, column): out[r, c] += Σ_i t[r, i] ·
-//   b_t[off + i, c], in i order, read contiguously across invocations.
+//   b_t[off + i, c], products added in i order from zero (unfused, as the
+//   CPU's loop), read contiguously across invocations.
+// Both follow kernels::lora::bgmv's operations, so the deltas are the
+// CPU's bits (numerics.wgsl).
 
 struct Params {
     m: u32,
@@ -30,7 +35,7 @@ const NONE: u32 = 0xffffffffu;
 @group(0) @binding(6) var<storage, read_write> t_buf: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
+var<workgroup> lanes: array<f32, 8>;
 
 @compute @workgroup_size(WG)
 fn shrink(
@@ -38,6 +43,7 @@ fn shrink(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let item = wg.x + wg.y * nwg.x;
     if (item >= p.m * p.max_rank) {
         return;
@@ -53,26 +59,29 @@ fn shrink(
         in_rank = i < slot_meta[4u * slot + 1u];
         scale = bitcast<f32>(slot_meta[4u * slot + 2u]);
     }
-    // Every invocation takes part in the reduction (the barriers need
-    // uniform control flow); inactive items just sum zeros.
-    var s = 0.0;
-    if (in_rank) {
-        let ab = (off + i) * p.k;
-        let xb = r * p.k;
-        for (var j = lid; j < p.k; j += WG) {
-            s = fma(a[ab + j], x[xb + j], s);
+    // Every invocation reaches the barrier (it needs uniform control
+    // flow); inactive items just sum nothing.
+    let ab = (off + i) * p.k;
+    let xb = r * p.k;
+    let k8 = p.k / 8u * 8u;
+    if (lid < 8u) {
+        var s = 0.0;
+        if (in_rank) {
+            for (var j = lid; j < k8; j += 8u) {
+                s = fma_exact(x[xb + j], a[ab + j], s);
+            }
         }
+        lanes[lid] = s;
     }
-    red[lid] = s;
     workgroupBarrier();
-    for (var st = WG / 2u; st > 0u; st /= 2u) {
-        if (lid < st) {
-            red[lid] += red[lid + st];
-        }
-        workgroupBarrier();
-    }
     if (lid == 0u) {
-        t_buf[item] = scale * red[0];
+        var s = fold8(lanes);
+        if (in_rank) {
+            for (var j = k8; j < p.k; j++) {
+                s = fma_exact(x[xb + j], a[ab + j], s);
+            }
+        }
+        t_buf[item] = scale * s;
     }
 }
 
@@ -82,6 +91,7 @@ fn expand(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    numerics_init(nwg);
     let idx = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (idx >= p.m * p.n) {
         return;
@@ -96,7 +106,7 @@ fn expand(
     let rank = slot_meta[4u * slot + 1u];
     var d = 0.0;
     for (var i = 0u; i < rank; i++) {
-        d = fma(t_buf[r * p.max_rank + i], b_t[(off + i) * p.n + c], d);
+        d = d + keep(t_buf[r * p.max_rank + i] * b_t[(off + i) * p.n + c]);
     }
-    out[idx] += d;
+    out[idx] = out[idx] + d;
 }

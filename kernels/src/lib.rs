@@ -35,7 +35,7 @@ pub mod rowwise;
 pub mod simd;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
-pub use linear::linear;
+pub use linear::{linear, uses_avx512};
 pub use lora::{bgmv, LoraFactors};
 pub use reference::RopeStyle;
 pub use rowwise::{rms_norm, silu_mul};

@@ -18,6 +18,41 @@ const ROW_BLOCK: usize = 64;
 
 /// `out = x · wᵀ` with `x: [m, k]`, `w: [n, k]`, `out: [m, n]`, all row-major.
 pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) -> Result<()> {
+    linear_with(x, w, m, k, n, out, uses_avx512())
+}
+
+/// Whether [`linear`] runs its AVX-512 tile on this CPU (see `avx512.rs`;
+/// the results are the same bits either way).
+pub fn uses_avx512() -> bool {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        avx512::available()
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        false
+    }
+}
+
+/// [`linear`] with the AVX-512 tile on or off (`avx512` is ignored where
+/// the CPU lacks it).
+pub(crate) fn linear_with(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    avx512: bool,
+) -> Result<()> {
     if x.len() != m * k || w.len() != n * k || out.len() != m * n {
         return Err(shape_err(
             "linear",
@@ -33,8 +68,22 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32
         return Ok(());
     }
     let threads = rayon::current_num_threads().max(1);
-    // Even-sized column chunks, several per thread for load balance.
-    let chunk = (n.div_ceil(threads * 4)).next_multiple_of(2).clamp(2, 256);
+    // Column chunks of a multiple of 4 (the widest tile), several per
+    // thread for load balance.
+    let chunk = (n.div_ceil(threads * 4)).next_multiple_of(4).clamp(4, 256);
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    let packed = (avx512 && m >= 8 && k >= 8 && avx512::available())
+        .then(|| avx512::pack_row_pairs(x, m, k));
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    let _ = avx512;
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let c0 = c * chunk;
@@ -43,12 +92,30 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32
         for r0 in (0..m).step_by(ROW_BLOCK) {
             let r1 = (r0 + ROW_BLOCK).min(m);
             // SAFETY: each task writes only columns c0..c1 of `out`, and the
-            // ranges of different tasks are disjoint.
+            // ranges of different tasks are disjoint; the AVX-512 path runs
+            // only where the CPU has it, on rows packed from `x`, and r0 is
+            // even.
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma"
+            ))]
+            if let Some(packed) = &packed {
+                unsafe { avx512::block(packed, x, w, k, n, r0..r1, c0..c1, out_ptr.0) };
+                continue;
+            }
             unsafe { block(x, w, k, n, r0..r1, c0..c1, out_ptr.0) };
         }
     });
     Ok(())
 }
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx512;
 
 pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Sync for SendPtr {}

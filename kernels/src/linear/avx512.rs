@@ -1,6 +1,6 @@
 //! The AVX-512 tile of [`super::linear`], chosen at run time on CPUs that
 //! have AVX-512F (the binary is built for x86-64-v3, so it cannot assume
-//! them): 8 rows by 4 columns, twice the work per instruction of the AVX2
+//! them): up to 8 rows by 4 columns, twice the work per instruction of the AVX2
 //! 4×2 tile, with the same bits.
 //!
 //! How the bits stay the same: the AVX2 path keeps, per output, eight lane
@@ -31,12 +31,14 @@ pub(crate) fn available() -> bool {
 
 /// Rows of `x: [m, k]` interleaved in pairs, chunk by chunk: pair `p`'s
 /// chunk `i` is `x[2p][8i..8i + 8]` then `x[2p + 1][8i..8i + 8]` (16
-/// floats). Only the `k / 8` whole chunks; the tails are read from `x`.
+/// floats); an odd last row is paired with itself (the copy's results are
+/// not written). Only the `k / 8` whole chunks; the tails are read from `x`.
 pub(crate) fn pack_row_pairs(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     let chunks = k / 8;
-    let mut packed = Vec::with_capacity(m / 2 * chunks * 16);
-    for p in 0..m / 2 {
-        let (a, b) = (&x[2 * p * k..], &x[(2 * p + 1) * k..]);
+    let mut packed = Vec::with_capacity(m.div_ceil(2) * chunks * 16);
+    for p in 0..m.div_ceil(2) {
+        let second = (2 * p + 1).min(m - 1);
+        let (a, b) = (&x[2 * p * k..], &x[second * k..]);
         for i in 0..chunks {
             packed.extend_from_slice(&a[8 * i..8 * i + 8]);
             packed.extend_from_slice(&b[8 * i..8 * i + 8]);
@@ -45,8 +47,9 @@ pub(crate) fn pack_row_pairs(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     packed
 }
 
-/// `out[r, c]` for the given ranges: 8×4 tiles where they fit, the AVX2
-/// path ([`super::block`]) for the rest.
+/// `out[r, c]` for the given ranges: tiles of 8 rows (the last one of 1 to
+/// 7) by 4 columns, and the AVX2 path ([`super::block`]) for columns left
+/// over.
 ///
 /// # Safety
 /// As [`super::block`]; the CPU has AVX-512F ([`available`]); `packed` is
@@ -66,12 +69,19 @@ pub(crate) unsafe fn block(
     let mut c = cols.start;
     while c + 4 <= cols.end {
         let mut r = rows.start;
-        while r + 8 <= rows.end {
-            tile8x4(packed, x, w, k, n, r, c, out);
+        while r < rows.end {
+            let at = Tile {
+                r,
+                c,
+                end: rows.end,
+            };
+            match (rows.end - r).min(8).div_ceil(2) {
+                1 => tile::<1>(packed, x, w, k, n, at, out),
+                2 => tile::<2>(packed, x, w, k, n, at, out),
+                3 => tile::<3>(packed, x, w, k, n, at, out),
+                _ => tile::<4>(packed, x, w, k, n, at, out),
+            }
             r += 8;
-        }
-        if r < rows.end {
-            super::block(x, w, k, n, r..rows.end, c..c + 4, out);
         }
         c += 4;
     }
@@ -80,27 +90,33 @@ pub(crate) unsafe fn block(
     }
 }
 
-/// Rows `r..r + 8` against columns `c..c + 4`: 16 registers of two outputs
-/// each.
-#[allow(clippy::too_many_arguments)]
+/// Where a tile starts (row `r`, column `c`) and the first row not to write.
+#[derive(Clone, Copy)]
+struct Tile {
+    r: usize,
+    c: usize,
+    end: usize,
+}
+
+/// `P` row pairs from row `r` against columns `c..c + 4`: `4P` registers of
+/// two outputs each; rows at or past `end` are computed but not written.
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tile8x4(
+unsafe fn tile<const P: usize>(
     packed: &[f32],
     x: &[f32],
     w: &[f32],
     k: usize,
     n: usize,
-    r: usize,
-    c: usize,
+    Tile { r, c, end }: Tile,
     out: *mut f32,
 ) {
     let chunks = k / 8;
     let k8 = chunks * 8;
     let pairs = packed.as_ptr().add(r / 2 * chunks * 16);
     let cols = [0, 1, 2, 3].map(|j| w.as_ptr().add((c + j) * k));
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut acc = [[_mm512_setzero_ps(); 4]; P];
     for i in 0..chunks {
-        let mut xp = [_mm512_setzero_ps(); 4];
+        let mut xp = [_mm512_setzero_ps(); P];
         for (p, xp) in xp.iter_mut().enumerate() {
             *xp = _mm512_loadu_ps(pairs.add((p * chunks + i) * 16));
         }
@@ -120,6 +136,9 @@ unsafe fn tile8x4(
             ];
             for (h, half) in halves.into_iter().enumerate() {
                 let row = r + 2 * p + h;
+                if row >= end {
+                    continue;
+                }
                 let (xr, wc) = (&x[row * k..(row + 1) * k], &w[(c + j) * k..(c + j + 1) * k]);
                 let mut s = simd::hsum(half);
                 for t in k8..k {

@@ -76,7 +76,7 @@ pub(crate) fn linear_with(
         target_feature = "avx2",
         target_feature = "fma"
     ))]
-    let packed = (avx512 && m >= 8 && k >= 8 && avx512::available())
+    let packed = (avx512 && m >= 2 && k >= 8 && avx512::available())
         .then(|| avx512::pack_row_pairs(x, m, k));
     #[cfg(not(all(
         target_arch = "x86_64",

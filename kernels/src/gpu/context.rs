@@ -331,7 +331,7 @@ fn fma_probes() -> Vec<[f32; 3]> {
         let b = 1.0 - f32::EPSILON * (8191 + 3 * i) as f32;
         let p = a * b;
         v.push([a, b, -p]);
-        v.push([b, a, f32::from_bits(p.to_bits() + 1) * -1.0]);
+        v.push([b, a, -f32::from_bits(p.to_bits() + 1)]);
     }
     v
 }

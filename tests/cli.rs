@@ -216,12 +216,28 @@ fn perplexity_matches_llama_cpp_within_two_percent() {
     );
 }
 
+/// sdlab's greedy chat answer against llama.cpp's (the fixture's chat
+/// case), under the rule `models/tests/real_gguf.rs` applies to the raw
+/// prompts: the tokens are llama.cpp's up to the first difference, and a
+/// difference is accepted only where llama.cpp's own top two were within
+/// 0.15 nats (a near-tie, where the last bits of any kernel decide).
 #[test]
 fn chat_generation_on_the_real_model_matches_llama_cpp() {
     if !real_model_present() {
         return;
     }
-    // llama.cpp's greedy answer to this chat prompt (fixtures/llamacpp_greedy.jsonl).
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llamacpp_greedy.jsonl");
+    let text = std::fs::read_to_string(&fixture).expect("the llama.cpp fixture");
+    let case: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["kind"] == "chat")
+        .expect("a chat case");
+    assert_eq!(
+        case["messages"][0]["content"],
+        "What is the capital of France?"
+    );
     let v = stdout_json(&sdlab(&[
         "generate",
         "--prompt",
@@ -231,14 +247,32 @@ fn chat_generation_on_the_real_model_matches_llama_cpp() {
         "16",
         "--json",
     ]));
-    let want = [
-        60, 23, 39614, 1141, 552, 28, 2618, 2828, 313, 7712, 769, 28, 2618, 2849, 1558, 26261,
-    ];
+    let floats = |k: &str| -> Vec<f64> {
+        case[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (logprobs, second) = (floats("logprobs"), floats("second_logprobs"));
+    let want: Vec<u64> = case["token_ids"].as_array().unwrap()[..16]
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
     let got: Vec<u64> = v["token_ids"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t.as_u64().unwrap())
         .collect();
-    assert_eq!(got, want);
+    assert_eq!(got.len(), 16);
+    if let Some(i) = (0..16).find(|&i| got[i] != want[i]) {
+        let margin = logprobs[i] - second[i];
+        assert!(
+            margin < 0.15,
+            "token {i}: got {got:?}, llama.cpp {want:?} (its margin there {margin:.3} nats)"
+        );
+        eprintln!("parts from llama.cpp at token {i}, a near-tie (margin {margin:.3} nats)");
+    }
 }

@@ -17,6 +17,8 @@ pub struct Row {
     /// (batch size, total decode tokens/s)
     pub decode: Vec<(usize, f64)>,
     pub weight_mb: f64,
+    /// The CPU kernel variants this machine ran (`kernels::cpu_kernels`).
+    pub cpu_kernels: String,
 }
 
 pub fn run(
@@ -98,6 +100,7 @@ pub fn run(
             prefill_tokens_per_s: prompt_len as f64 / prefill,
             decode,
             weight_mb: m.weight_bytes() as f64 / 1e6,
+            cpu_kernels: kernels::cpu_kernels(),
         });
     }
     Ok(rows)

@@ -548,6 +548,7 @@ fn bench_model_cmd(a: BenchModelArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    eprintln!("CPU kernels: {}", kernels::cpu_kernels());
     println!(
         "{:<10} {:>10} {:>16} decode tok/s by batch size",
         "weights", "weight MB", "prefill tok/s"

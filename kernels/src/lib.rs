@@ -40,6 +40,27 @@ pub use lora::{bgmv, LoraFactors};
 pub use reference::RopeStyle;
 pub use rowwise::{rms_norm, silu_mul};
 
+/// Which CPU kernel variants run on this machine, for benchmark reports
+/// (the bits are the same either way; the speed is not): the f32 matmul
+/// tile and the int8 dot product of the quantized matmuls.
+pub fn cpu_kernels() -> String {
+    let f32_tile = if uses_avx512() {
+        "AVX-512 8x4"
+    } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+        "AVX2 4x3"
+    } else {
+        "portable"
+    };
+    let int8 = if quant::uses_vnni() {
+        "AVX-512 VNNI"
+    } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+        "AVX2"
+    } else {
+        "portable"
+    };
+    format!("f32 tile {f32_tile}, int8 dot {int8}")
+}
+
 /// Errors from kernel argument checks. Kernels validate shapes once at entry
 /// and then run without bounds surprises.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

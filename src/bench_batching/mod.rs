@@ -159,6 +159,8 @@ struct Report {
     weights: String,
     /// `cpu` or `gpu` (`auto` decided).
     device: String,
+    /// The CPU kernel variants this machine ran (`kernels::cpu_kernels`).
+    cpu_kernels: String,
     workload: WorkloadSpec,
     total_prompt_tokens: usize,
     total_output_tokens: usize,
@@ -356,6 +358,7 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
         "{name} ({weights}) on {}: {} requests, {total_prompt_tokens} prompt + {total_output_tokens} output tokens, rate {}, concurrency {}, KV budget {} tokens",
         setup.device, a.num_prompts, a.request_rate, a.concurrency, a.kv_budget_tokens
     );
+    eprintln!("CPU kernels: {}", kernels::cpu_kernels());
     if let Some(spec) = &lora_spec {
         eprintln!("(the LoRA experiment sends every request at once)");
         let report = lora::run(&setup, &probe.model, &probe.tokenizer, a.concurrency, spec)?;
@@ -443,6 +446,7 @@ pub fn run(a: BenchBatchingArgs) -> Result<()> {
             model: name,
             weights,
             device: setup.device.to_string(),
+            cpu_kernels: kernels::cpu_kernels(),
             workload: setup.spec.clone(),
             total_prompt_tokens,
             total_output_tokens,

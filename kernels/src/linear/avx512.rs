@@ -1,7 +1,7 @@
 //! The AVX-512 tile of [`super::linear`], chosen at run time on CPUs that
 //! have AVX-512F (the binary is built for x86-64-v3, so it cannot assume
 //! them): up to 8 rows by 4 columns, twice the work per instruction of the AVX2
-//! 4×2 tile, with the same bits.
+//! 4×3 tile, with the same bits.
 //!
 //! How the bits stay the same: the AVX2 path keeps, per output, eight lane
 //! sums, lane `l` adding `x[8i + l] · w[8i + l]` with a fused multiply-add

@@ -44,16 +44,22 @@ pub use rowwise::{rms_norm, silu_mul};
 /// (the bits are the same either way; the speed is not): the f32 matmul
 /// tile and the int8 dot product of the quantized matmuls.
 pub fn cpu_kernels() -> String {
+    // The same condition that compiles the AVX2 paths in `linear` and `quant`.
+    let avx2 = cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ));
     let f32_tile = if uses_avx512() {
-        "AVX-512 8x4"
-    } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
-        "AVX2 4x3"
+        "AVX-512 8x4".to_string()
+    } else if avx2 {
+        format!("AVX2 4x{}", linear::tile_columns())
     } else {
-        "portable"
+        "portable".to_string()
     };
     let int8 = if quant::uses_vnni() {
         "AVX-512 VNNI"
-    } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+    } else if avx2 {
         "AVX2"
     } else {
         "portable"

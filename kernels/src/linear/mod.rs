@@ -4,10 +4,11 @@
 //! safetensors and GGUF store, so each output element is one dot product of
 //! two contiguous rows. A 4×3 register tile (12 accumulators, all but four of
 //! the 16 AVX2 registers) reuses every load of `x` and `w` for twelve dot
-//! products (a 4×2 one, eight, ran 20-25% slower: fewer loads per
-//! multiply-add, and more independent chains to hide the FMA latency), and
-//! the work is split over column ranges of `w`
-//! (each range read from memory once per block of rows). Every dot product is
+//! products (at batch 32 it runs 1.14x to 1.40x as fast as the earlier 4×2
+//! tile: fewer loads per multiply-add, and more independent chains to hide
+//! the FMA latency; `docs/BENCHMARKS.md`), and the work is split over
+//! column ranges of `w` (each range read from memory once per block of
+//! rows). Every dot product is
 //! reduced exactly like [`crate::simd::dot`], so the result for one row is
 //! bit-identical whether it is computed alone, in a batch of 16, or in a
 //! prefill chunk of 512 — the property continuous batching needs to give the
@@ -170,7 +171,7 @@ unsafe fn block(
 
 /// Columns per AVX2 tile: 3, or 2 with `SDLAB_F32_TILE_COLS=2` (the
 /// earlier 4×2 tile, kept to compare against; the bits are the same).
-fn tile_columns() -> usize {
+pub(crate) fn tile_columns() -> usize {
     static COLS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *COLS.get_or_init(|| match std::env::var("SDLAB_F32_TILE_COLS").as_deref() {
         Ok("2") => 2,

@@ -131,7 +131,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! q8_0_dot {
-        ($feat:literal, $name:ident, |$aw:ident, $sx:ident| $quads:expr) => {
+        ($feat:literal, $name:ident, $dot4:ident, |$aw:ident, $sx:ident| $quads:expr) => {
             /// One Q8_0 weight row times one Q8_0 activation row.
             #[target_feature(enable = $feat)]
             #[inline]
@@ -149,15 +149,40 @@ mod x86 {
                 }
                 crate::simd::hsum(acc)
             }
+
+            /// One weight row times four activation rows: the weight block is
+            /// loaded and its signs taken once for the four, and the four
+            /// accumulator chains overlap; each result goes through the
+            /// one-row kernel's operations in its order (the same bits).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            pub unsafe fn $dot4(w: &[BlockQ8_0], xs: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (b, wb) in w.iter().enumerate() {
+                    let wd = wb.d.to_f32();
+                    let qw = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
+                    let $aw = _mm256_sign_epi8(qw, qw);
+                    for r in 0..4 {
+                        let xb = &xs[r][b];
+                        let d = _mm256_set1_ps(wd * xb.d.to_f32());
+                        let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                        let $sx = _mm256_sign_epi8(qx, qw);
+                        let quads: __m256i = $quads;
+                        acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(quads), acc[r]);
+                    }
+                }
+                acc.map(|a| crate::simd::hsum(a))
+            }
         };
     }
 
-    q8_0_dot!("avx2,fma", dot_avx2, |aw, sx| {
+    q8_0_dot!("avx2,fma", dot_avx2, dot4_avx2, |aw, sx| {
         _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
     });
     q8_0_dot!(
         "avx2,fma,avx512f,avx512vl,avx512vnni",
         dot_vnni,
+        dot4_vnni,
         |aw, sx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
     );
 }
@@ -188,21 +213,47 @@ pub fn matmul_q8_0(x: &[f32], m: usize, w: &Q8_0Matrix, out: &mut [f32]) -> Resu
     let vnni = crate::quant::uses_vnni();
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let out_ptr = &out_ptr;
-        for col in c * chunk..((c + 1) * chunk).min(n) {
-            let wrow = &w.blocks[col * kb..(col + 1) * kb];
-            for r in 0..m {
-                let xrow = &xq[r * kb..(r + 1) * kb];
+        let out = out_ptr.0;
+        let cols = c * chunk..((c + 1) * chunk).min(n);
+        let wrow = |col: usize| &w.blocks[col * kb..(col + 1) * kb];
+        let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+        let mut r = 0;
+        // SAFETY (every write below): each task writes only its own columns
+        // of out (m x n); AVX2/FMA are compiled in, VNNI runs only where
+        // detected.
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        while r + 4 <= m {
+            let xs = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
+            for col in cols.clone() {
+                let v = unsafe {
+                    if vnni {
+                        x86::dot4_vnni(wrow(col), xs)
+                    } else {
+                        x86::dot4_avx2(wrow(col), xs)
+                    }
+                };
+                for (i, v) in v.into_iter().enumerate() {
+                    unsafe { *out.add((r + i) * n + col) = v };
+                }
+            }
+            r += 4;
+        }
+        for r in r..m {
+            for col in cols.clone() {
                 #[cfg(all(
                     target_arch = "x86_64",
                     target_feature = "avx2",
                     target_feature = "fma"
                 ))]
-                // SAFETY: AVX2/FMA are compiled in; VNNI runs only where detected.
                 let v = unsafe {
                     if vnni {
-                        x86::dot_vnni(wrow, xrow)
+                        x86::dot_vnni(wrow(col), xrow(r))
                     } else {
-                        x86::dot_avx2(wrow, xrow)
+                        x86::dot_avx2(wrow(col), xrow(r))
                     }
                 };
                 #[cfg(not(all(
@@ -210,9 +261,8 @@ pub fn matmul_q8_0(x: &[f32], m: usize, w: &Q8_0Matrix, out: &mut [f32]) -> Resu
                     target_feature = "avx2",
                     target_feature = "fma"
                 )))]
-                let v = vec_dot_lanes(wrow, xrow);
-                // SAFETY: each task writes only its own columns of out (m x n).
-                unsafe { *out_ptr.0.add(r * n + col) = v };
+                let v = vec_dot_lanes(wrow(col), xrow(r));
+                unsafe { *out.add(r * n + col) = v };
             }
         }
     });
@@ -225,7 +275,7 @@ mod tests {
 
     #[test]
     fn simd_paths_match_the_portable_order_bitwise() {
-        let (m, n, k) = (3, 6, 128);
+        let (m, n, k) = (7, 6, 128); // a tile of four rows, and three alone
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
             .collect();

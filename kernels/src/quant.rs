@@ -389,22 +389,26 @@ mod x86 {
                 out: *mut f32,
                 n: usize,
             ) {
-                for r0 in (0..m).step_by(64) {
-                    let r1 = (r0 + 64).min(m);
+                // Four rows of activations (64 bytes a block each) stay in
+                // L1 while the columns' weights (24 bytes a block, shared by
+                // the four) stream past them; the other way round, every
+                // column re-read all the rows from L2.
+                let wrow = |col: usize| &w[col * kb..(col + 1) * kb];
+                let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+                let mut r = 0;
+                while r + 4 <= m {
+                    let xs = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
                     for col in cols.clone() {
-                        let wrow = &w[col * kb..(col + 1) * kb];
-                        let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
-                        let mut r = r0;
-                        while r + 4 <= r1 {
-                            let v = $dot4(wrow, [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)]);
-                            for (i, v) in v.into_iter().enumerate() {
-                                *out.add((r + i) * n + col) = v;
-                            }
-                            r += 4;
+                        let v = $dot4(wrow(col), xs);
+                        for (i, v) in v.into_iter().enumerate() {
+                            *out.add((r + i) * n + col) = v;
                         }
-                        for r in r..r1 {
-                            *out.add(r * n + col) = $dot1(wrow, xrow(r));
-                        }
+                    }
+                    r += 4;
+                }
+                for r in r..m {
+                    for col in cols.clone() {
+                        *out.add(r * n + col) = $dot1(wrow(col), xrow(r));
                     }
                 }
             }

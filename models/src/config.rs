@@ -16,6 +16,16 @@ pub enum RopeStyle {
     Halves,
 }
 
+/// The kernels' own copy of the style (`kernels` has no serde).
+impl From<RopeStyle> for kernels::RopeStyle {
+    fn from(style: RopeStyle) -> Self {
+        match style {
+            RopeStyle::Interleaved => Self::Interleaved,
+            RopeStyle::Halves => Self::Halves,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,

@@ -11,7 +11,7 @@
 //! Every operation works row by row in a fixed order, so a token's logits do
 //! not depend on the batch it was computed in.
 
-use crate::config::{LlamaConfig, RopeStyle};
+use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
 use crate::lora::{LoraAdapter, Target};
 use crate::weights::Linear;
@@ -75,7 +75,8 @@ impl Llama {
                 "LM head does not match the config".into(),
             ));
         }
-        let (rope_cos, rope_sin) = rope_tables(&cfg);
+        let (rope_cos, rope_sin) =
+            kernels::rope_tables(cfg.rope_theta, cfg.head_dim, cfg.max_position_embeddings);
         Ok(Self {
             cfg,
             embed,
@@ -182,8 +183,9 @@ impl Llama {
             lora.apply(l, Target::Q, &hn, &mut q)?;
             lora.apply(l, Target::K, &hn, &mut k)?;
             lora.apply(l, Target::V, &hn, &mut v)?;
-            self.rope(&mut q, &positions, nh);
-            self.rope(&mut k, &positions, nkv);
+            let (cos, sin, style) = (&self.rope_cos, &self.rope_sin, cfg.rope_style.into());
+            kernels::rope(&mut q, &positions, nh, d, cos, sin, style);
+            kernels::rope(&mut k, &positions, nkv, d, cos, sin, style);
             write_kv(
                 &mut cache.k[l],
                 &mut cache.v[l],
@@ -249,27 +251,6 @@ impl Llama {
             lin.add_delta(&m.delta())?;
         }
         Ok(())
-    }
-
-    /// Rotates each head of `x: [tokens, heads * head_dim]` by its token's position.
-    fn rope(&self, x: &mut [f32], positions: &[usize], heads: usize) {
-        let d = self.cfg.head_dim;
-        let half = d / 2;
-        for (row, &pos) in x.chunks_exact_mut(heads * d).zip(positions) {
-            let cos = &self.rope_cos[pos * half..(pos + 1) * half];
-            let sin = &self.rope_sin[pos * half..(pos + 1) * half];
-            for head in row.chunks_exact_mut(d) {
-                for i in 0..half {
-                    let (a, b) = match self.cfg.rope_style {
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        RopeStyle::Halves => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
-                }
-            }
-        }
     }
 }
 
@@ -343,22 +324,6 @@ pub(crate) fn validate_batch(
         return bad("logit row outside the batch".into());
     }
     Ok(())
-}
-
-/// cos/sin of `position * theta^(-2i/d)`, `[max_positions, head_dim / 2]`.
-fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
-    let half = cfg.head_dim / 2;
-    let n = cfg.max_position_embeddings * half;
-    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for pos in 0..cfg.max_position_embeddings {
-        for i in 0..half {
-            let freq = (cfg.rope_theta as f64).powf(-2.0 * i as f64 / cfg.head_dim as f64);
-            let angle = pos as f64 * freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    (cos, sin)
 }
 
 fn add_assign(x: &mut [f32], y: &[f32]) {

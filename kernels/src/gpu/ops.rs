@@ -4,7 +4,7 @@
 //! dispatch into the caller's encoder; nothing runs until it is submitted.
 
 use super::{DType, GpuContext, GpuTensor, Result};
-use crate::reference::RopeStyle;
+use crate::rowwise::RopeStyle;
 
 /// Invocations per workgroup of the one-invocation-per-element kernels.
 const ELEMENTWISE_WG: u64 = 256;
@@ -125,7 +125,7 @@ impl GpuContext {
     /// Rotates, in place, each head of `x: [tokens, heads * head_dim]` by
     /// its token's position (`positions: [tokens]` u32), with angle tables
     /// `cos, sin: [max_positions, head_dim / 2]` as
-    /// [`crate::reference::rope_tables`] builds them. Positions beyond the
+    /// [`crate::rowwise::rope_tables`] builds them. Positions beyond the
     /// table are clamped to its last row (the host checks them first).
     #[allow(clippy::too_many_arguments)]
     pub fn rope(

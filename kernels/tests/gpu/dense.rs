@@ -68,7 +68,7 @@ fn rope_matches_reference_in_both_layouts() {
         (RopeStyle::Interleaved, 5, 48, 10000.0),
     ] {
         let max_pos = 513;
-        let (cos, sin) = reference::rope_tables(theta, head_dim, max_pos);
+        let (cos, sin) = kernels::rope_tables(theta, head_dim, max_pos);
         let tokens = 11;
         let positions: Vec<usize> = (0..tokens).map(|_| r.random_range(0..max_pos)).collect();
         let x = rand_vec(&mut r, tokens * heads * head_dim);
@@ -81,7 +81,7 @@ fn rope_matches_reference_in_both_layouts() {
             ctx.rope(e, &gx, &gp, &gc, &gs, heads, style).unwrap()
         });
         let mut want = x.clone();
-        reference::rope(&mut want, &positions, heads, head_dim, &cos, &sin, style);
+        kernels::rope(&mut want, &positions, heads, head_dim, &cos, &sin, style);
         assert_bits(&format!("rope {style:?} {heads}x{head_dim}"), &got, &want);
     }
 }

@@ -47,7 +47,7 @@ fn a_whole_layer_in_one_submit() {
     );
     let mut k_cache = rand_vec(&mut r, layout.elems());
     let mut v_cache = rand_vec(&mut r, layout.elems());
-    let (cos, sin) = reference::rope_tables(10000.0, d, 64);
+    let (cos, sin) = kernels::rope_tables(10000.0, d, 64);
     let (eps, scale) = (1e-5, 1.0 / (d as f32).sqrt());
 
     // CPU.
@@ -56,8 +56,8 @@ fn a_whole_layer_in_one_submit() {
     let mut q = reference::linear(&hn, &wq, t, h, nh * d);
     let mut k = reference::linear(&hn, &wk, t, h, nkv * d);
     let v = reference::linear(&hn, &wv, t, h, nkv * d);
-    reference::rope(&mut q, &positions, nh, d, &cos, &sin, RopeStyle::Halves);
-    reference::rope(&mut k, &positions, nkv, d, &cos, &sin, RopeStyle::Halves);
+    kernels::rope(&mut q, &positions, nh, d, &cos, &sin, RopeStyle::Halves);
+    kernels::rope(&mut k, &positions, nkv, d, &cos, &sin, RopeStyle::Halves);
     let slots: Vec<usize> = seqs
         .iter()
         .flat_map(|s| {

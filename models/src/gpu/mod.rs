@@ -44,7 +44,6 @@ mod weights;
 
 pub use adapters::MAX_RESIDENT;
 
-use crate::config::RopeStyle;
 use crate::kv_cache::KvCache;
 use crate::llama::{batch_layout, validate_batch, Llama, SeqChunk};
 use crate::lora::Target;
@@ -195,10 +194,7 @@ impl GpuLlama {
             norm: vector(model.final_norm())?,
             rope_cos: ctx.upload_f32(cos, &table)?,
             rope_sin: ctx.upload_f32(sin, &table)?,
-            rope_style: match cfg.rope_style {
-                RopeStyle::Interleaved => kernels::RopeStyle::Interleaved,
-                RopeStyle::Halves => kernels::RopeStyle::Halves,
-            },
+            rope_style: cfg.rope_style.into(),
             k_pools: pool()?,
             v_pools: pool()?,
             layout,

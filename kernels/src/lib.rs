@@ -37,8 +37,7 @@ pub mod simd;
 pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
 pub use linear::{linear, uses_avx512};
 pub use lora::{bgmv, LoraFactors};
-pub use rowwise::RopeStyle;
-pub use rowwise::{rms_norm, rope, rope_tables, silu_mul};
+pub use rowwise::{rms_norm, rope, rope_tables, silu_mul, RopeStyle};
 
 /// Which CPU kernel variants run on this machine, for benchmark reports
 /// (the bits are the same either way; the speed is not): the f32 matmul

@@ -131,7 +131,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! q8_0_dot {
-        ($feat:literal, $name:ident, $dot4:ident, |$aw:ident, $sx:ident| $quads:expr) => {
+        ($feat:literal, $name:ident, $dot4:ident, $cols:ident, |$aw:ident, $sx:ident| $quads:expr) => {
             /// One Q8_0 weight row times one Q8_0 activation row.
             #[target_feature(enable = $feat)]
             #[inline]
@@ -173,16 +173,42 @@ mod x86 {
                 }
                 acc.map(|a| crate::simd::hsum(a))
             }
+
+            /// Output columns `cols` for every row (see
+            /// [`crate::quant::rows_by_four`]).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $cols(
+                xq: &[BlockQ8_0],
+                m: usize,
+                w: &[BlockQ8_0],
+                kb: usize,
+                cols: std::ops::Range<usize>,
+                out: *mut f32,
+                n: usize,
+            ) {
+                crate::quant::rows_by_four(
+                    xq,
+                    m,
+                    w,
+                    kb,
+                    cols,
+                    out,
+                    n,
+                    |w, xs| $dot4(w, xs),
+                    |w, x| $name(w, x),
+                )
+            }
         };
     }
 
-    q8_0_dot!("avx2,fma", dot_avx2, dot4_avx2, |aw, sx| {
+    q8_0_dot!("avx2,fma", dot_avx2, dot4_avx2, cols_avx2, |aw, sx| {
         _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
     });
     q8_0_dot!(
         "avx2,fma,avx512f,avx512vl,avx512vnni",
         dot_vnni,
         dot4_vnni,
+        cols_vnni,
         |aw, sx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
     );
 }
@@ -215,54 +241,30 @@ pub fn matmul_q8_0(x: &[f32], m: usize, w: &Q8_0Matrix, out: &mut [f32]) -> Resu
         let out_ptr = &out_ptr;
         let out = out_ptr.0;
         let cols = c * chunk..((c + 1) * chunk).min(n);
-        let wrow = |col: usize| &w.blocks[col * kb..(col + 1) * kb];
-        let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
-        let mut r = 0;
-        // SAFETY (every write below): each task writes only its own columns
-        // of out (m x n); AVX2/FMA are compiled in, VNNI runs only where
-        // detected.
+        // SAFETY: each task writes only its own columns of `out`, which
+        // holds m x n values; the VNNI variant runs only where detected.
         #[cfg(all(
             target_arch = "x86_64",
             target_feature = "avx2",
             target_feature = "fma"
         ))]
-        while r + 4 <= m {
-            let xs = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
-            for col in cols.clone() {
-                let v = unsafe {
-                    if vnni {
-                        x86::dot4_vnni(wrow(col), xs)
-                    } else {
-                        x86::dot4_avx2(wrow(col), xs)
-                    }
-                };
-                for (i, v) in v.into_iter().enumerate() {
-                    unsafe { *out.add((r + i) * n + col) = v };
-                }
+        unsafe {
+            if vnni {
+                x86::cols_vnni(&xq, m, &w.blocks, kb, cols, out, n)
+            } else {
+                x86::cols_avx2(&xq, m, &w.blocks, kb, cols, out, n)
             }
-            r += 4;
         }
-        for r in r..m {
-            for col in cols.clone() {
-                #[cfg(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx2",
-                    target_feature = "fma"
-                ))]
-                let v = unsafe {
-                    if vnni {
-                        x86::dot_vnni(wrow(col), xrow(r))
-                    } else {
-                        x86::dot_avx2(wrow(col), xrow(r))
-                    }
-                };
-                #[cfg(not(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx2",
-                    target_feature = "fma"
-                )))]
-                let v = vec_dot_lanes(wrow(col), xrow(r));
-                unsafe { *out.add(r * n + col) = v };
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        for col in cols {
+            let wrow = &w.blocks[col * kb..(col + 1) * kb];
+            for r in 0..m {
+                // SAFETY: as above.
+                unsafe { *out.add(r * n + col) = vec_dot_lanes(wrow, &xq[r * kb..(r + 1) * kb]) };
             }
         }
     });

@@ -389,28 +389,17 @@ mod x86 {
                 out: *mut f32,
                 n: usize,
             ) {
-                // Four rows of activations (64 bytes a block each) stay in
-                // L1 while the columns' weights (24 bytes a block, shared by
-                // the four) stream past them; the other way round, every
-                // column re-read all the rows from L2.
-                let wrow = |col: usize| &w[col * kb..(col + 1) * kb];
-                let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
-                let mut r = 0;
-                while r + 4 <= m {
-                    let xs = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
-                    for col in cols.clone() {
-                        let v = $dot4(wrow(col), xs);
-                        for (i, v) in v.into_iter().enumerate() {
-                            *out.add((r + i) * n + col) = v;
-                        }
-                    }
-                    r += 4;
-                }
-                for r in r..m {
-                    for col in cols.clone() {
-                        *out.add(r * n + col) = $dot1(wrow(col), xrow(r));
-                    }
-                }
+                super::rows_by_four(
+                    xq,
+                    m,
+                    w,
+                    kb,
+                    cols,
+                    out,
+                    n,
+                    |w, xs| $dot4(w, xs),
+                    |w, x| $dot1(w, x),
+                )
             }
         };
     }
@@ -425,6 +414,53 @@ mod x86 {
         cols_vnni,
         |qw, qx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), qw, qx)
     );
+}
+
+/// `out[r, col]` for every row and the columns `cols` (row stride `n`), with
+/// weight rows and activation rows of `kb` blocks: the rows four at a time
+/// through `dot4`, the rest one at a time through `dot1`. Four rows of
+/// activations stay in L1 while the columns' weights, shared by the four,
+/// stream past them; the other way round, every column re-read all the
+/// rows from L2 (64 bytes a block in Q8_1, against 24 for a packed Q4_1
+/// weight block). Shared by the Q4_1 and Q8_0 matmuls.
+///
+/// # Safety
+/// `out` holds `m x n` values, and no other thread writes these columns.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn rows_by_four<W, X>(
+    xq: &[X],
+    m: usize,
+    w: &[W],
+    kb: usize,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    n: usize,
+    dot4: impl Fn(&[W], [&[X]; 4]) -> [f32; 4],
+    dot1: impl Fn(&[W], &[X]) -> f32,
+) {
+    let wrow = |col: usize| &w[col * kb..(col + 1) * kb];
+    let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+    let mut r = 0;
+    while r + 4 <= m {
+        let xs = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
+        for col in cols.clone() {
+            for (i, v) in dot4(wrow(col), xs).into_iter().enumerate() {
+                *out.add((r + i) * n + col) = v;
+            }
+        }
+        r += 4;
+    }
+    for r in r..m {
+        for col in cols.clone() {
+            *out.add(r * n + col) = dot1(wrow(col), xrow(r));
+        }
+    }
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ` with activations quantized to Q8_1 per row.

@@ -1,7 +1,7 @@
 //! The decoder's element- and row-wise steps on the CPU: RMSNorm, RoPE and
-//! the SwiGLU activation. They live here, next to the GPU kernels that compute
-//! the same bits (`gpu/shaders/rms_norm.wgsl`, `elementwise.wgsl`, `rope.wgsl`), so the
-//! tests compare both devices against one definition.
+//! the SwiGLU activation. They live here, next to the GPU kernels that
+//! compute the same bits (`gpu/shaders/rms_norm.wgsl`, `elementwise.wgsl`,
+//! `rope.wgsl`), so the tests compare both devices against one definition.
 
 use crate::{expf, simd};
 

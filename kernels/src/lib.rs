@@ -35,7 +35,7 @@ pub mod rowwise;
 pub mod simd;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqAttention};
-pub use linear::{linear, uses_avx512};
+pub use linear::{linear, linear_shared, uses_avx512};
 pub use lora::{bgmv, LoraFactors};
 pub use rowwise::{rms_norm, rope, rope_tables, silu_mul, RopeStyle};
 

@@ -219,37 +219,55 @@ impl Linear {
         Ok(())
     }
 
-    /// Bytes of weight data read per forward pass.
-    /// Several projections of the same input (q, k, v; gate, up). When all
-    /// are Q4_1 the input is quantized to Q8_1 once instead of once each;
-    /// the outputs are the same bits as separate [`Self::forward`] calls.
+    /// Several projections of the same input (q, k, v; gate, up), with the
+    /// bits of separate [`Self::forward`] calls. When all are Q4_1 the input
+    /// is quantized to Q8_1 once instead of once each; when all are dense
+    /// f32 they run in one parallel region ([`kernels::linear_shared`]).
     pub fn forward_shared<const N: usize>(
         layers: [&Linear; N],
         x: &[f32],
         m: usize,
     ) -> Result<[Vec<f32>; N]> {
         let k = layers[0].in_features();
-        let all_q4_1 = layers
+        let shared = x.len() == m * k && layers.iter().all(|l| l.in_features() == k);
+        let q4_1: Vec<_> = layers
             .iter()
-            .all(|l| matches!(l, Self::Q4_1(w) if w.k == k));
-        if !all_q4_1 || x.len() != m * k {
-            let mut outs = layers.map(|_| Vec::new());
+            .filter_map(|l| match l {
+                Self::Q4_1(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        let dense: Vec<_> = layers
+            .iter()
+            .filter_map(|l| match l {
+                Self::Dense {
+                    w, out_features, ..
+                } => Some((w.as_slice(), *out_features)),
+                _ => None,
+            })
+            .collect();
+        let mut outs = layers.map(|l| vec![0f32; m * l.out_features()]);
+        if shared && q4_1.len() == N {
+            let xq = kernels::quant::quantize_rows_q8_1(x, k);
+            for (out, w) in outs.iter_mut().zip(q4_1) {
+                kernels::quant::matmul_q4_1_q8(&xq, m, w, out)?;
+            }
+        } else if shared && dense.len() == N {
+            let mut ws: Vec<(&[f32], usize, &mut [f32])> = dense
+                .into_iter()
+                .zip(outs.iter_mut())
+                .map(|((w, n), out)| (w, n, out.as_mut_slice()))
+                .collect();
+            kernels::linear_shared(x, m, k, &mut ws)?;
+        } else {
             for (out, l) in outs.iter_mut().zip(layers) {
                 *out = l.forward(x, m)?;
-            }
-            return Ok(outs);
-        }
-        let xq = kernels::quant::quantize_rows_q8_1(x, k);
-        let mut outs = layers.map(|_| Vec::new());
-        for (out, l) in outs.iter_mut().zip(layers) {
-            if let Self::Q4_1(w) = l {
-                *out = vec![0f32; m * w.n];
-                kernels::quant::matmul_q4_1_q8(&xq, m, w, out)?;
             }
         }
         Ok(outs)
     }
 
+    /// Bytes of weight data read per forward pass.
     pub fn weight_bytes(&self) -> usize {
         match self {
             Self::Q4_1(w) => w.bytes(),
@@ -301,5 +319,39 @@ mod tests {
             a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
+    }
+
+    /// Projections of one input run together (dense f32 in one parallel
+    /// region, Q4_1 on one quantized input) give each the bits of its own
+    /// `forward`; a mix of formats falls back to separate calls.
+    #[test]
+    fn shared_projections_give_the_bits_of_separate_ones() {
+        let k = 64;
+        let matrix = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n * k)
+                .map(|i| ((i * 7919 + seed) % 1009) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let dense = |n: usize, seed: usize| Linear::dense(matrix(n, seed), n, k).unwrap();
+        let q4_1 = |n: usize, seed: usize| {
+            Linear::Q4_1(kernels::quant::Q4_1Matrix::quantize(&matrix(n, seed), n, k).unwrap())
+        };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for m in [0, 1, 3, 6] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 31 % 211) as f32 - 105.0) / 40.0)
+                .collect();
+            for layers in [
+                [dense(36, 1), dense(12, 2), dense(13, 3)],
+                [q4_1(36, 1), q4_1(12, 2), q4_1(8, 3)],
+                [dense(36, 1), q4_1(12, 2), dense(5, 3)],
+            ] {
+                let together =
+                    Linear::forward_shared([&layers[0], &layers[1], &layers[2]], &x, m).unwrap();
+                for (l, got) in layers.iter().zip(&together) {
+                    assert_eq!(bits(got), bits(&l.forward(&x, m).unwrap()), "m={m}");
+                }
+            }
+        }
     }
 }

@@ -178,8 +178,8 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
-            super::super::linear_with(&x, &w, m, k, n, &mut a, false).unwrap();
-            super::super::linear_with(&x, &w, m, k, n, &mut b, true).unwrap();
+            super::super::linear_with(&x, &mut [(&w[..], n, &mut a[..])], m, k, false).unwrap();
+            super::super::linear_with(&x, &mut [(&w[..], n, &mut b[..])], m, k, true).unwrap();
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "{m}x{k}x{n}");
         }

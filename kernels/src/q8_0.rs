@@ -174,30 +174,7 @@ mod x86 {
                 acc.map(|a| crate::simd::hsum(a))
             }
 
-            /// Output columns `cols` for every row (see
-            /// [`crate::quant::rows_by_four`]).
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $cols(
-                xq: &[BlockQ8_0],
-                m: usize,
-                w: &[BlockQ8_0],
-                kb: usize,
-                cols: std::ops::Range<usize>,
-                out: *mut f32,
-                n: usize,
-            ) {
-                crate::quant::rows_by_four(
-                    xq,
-                    m,
-                    w,
-                    kb,
-                    cols,
-                    out,
-                    n,
-                    |w, xs| $dot4(w, xs),
-                    |w, x| $name(w, x),
-                )
-            }
+            crate::quant::rows_by_four_entry!($feat, $cols, $dot4, $name, BlockQ8_0, BlockQ8_0);
         };
     }
 

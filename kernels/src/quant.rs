@@ -377,30 +377,7 @@ mod x86 {
                 [0, 1, 2, 3].map(|r| crate::simd::hsum(acc[r]) + summs[r])
             }
 
-            /// Output columns `cols` for every row: `out[r, col]`, written
-            /// through `out` (row stride `n`).
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $cols(
-                xq: &[BlockQ8_1],
-                m: usize,
-                w: &[PackedQ4_1],
-                kb: usize,
-                cols: std::ops::Range<usize>,
-                out: *mut f32,
-                n: usize,
-            ) {
-                super::rows_by_four(
-                    xq,
-                    m,
-                    w,
-                    kb,
-                    cols,
-                    out,
-                    n,
-                    |w, xs| $dot4(w, xs),
-                    |w, x| $dot1(w, x),
-                )
-            }
+            crate::quant::rows_by_four_entry!($feat, $cols, $dot4, $dot1, BlockQ8_1, PackedQ4_1);
         };
     }
 
@@ -462,6 +439,50 @@ pub(crate) unsafe fn rows_by_four<W, X>(
         }
     }
 }
+
+/// Generates `$cols`, the `#[target_feature]` entry point through which an
+/// int8 format's matmul runs [`rows_by_four`] with its `$dot4` and `$dot1`
+/// (one per format and instruction set), so the dot products inline under
+/// those features.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+macro_rules! rows_by_four_entry {
+    ($feat:literal, $cols:ident, $dot4:ident, $dot1:ident, $x:ty, $w:ty) => {
+        /// Output columns `cols` for every row: `out[r, col]`, written
+        /// through `out` (row stride `n`; see [`crate::quant::rows_by_four`]).
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $cols(
+            xq: &[$x],
+            m: usize,
+            w: &[$w],
+            kb: usize,
+            cols: std::ops::Range<usize>,
+            out: *mut f32,
+            n: usize,
+        ) {
+            crate::quant::rows_by_four(
+                xq,
+                m,
+                w,
+                kb,
+                cols,
+                out,
+                n,
+                |w, xs| $dot4(w, xs),
+                |w, x| $dot1(w, x),
+            )
+        }
+    };
+}
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub(crate) use rows_by_four_entry;
 
 /// `out[m, n] = x[m, k] · Wᵀ` with activations quantized to Q8_1 per row.
 pub fn matmul_q4_1(x: &[f32], m: usize, w: &Q4_1Matrix, out: &mut [f32]) -> Result<()> {

@@ -230,39 +230,35 @@ impl Linear {
     ) -> Result<[Vec<f32>; N]> {
         let k = layers[0].in_features();
         let shared = x.len() == m * k && layers.iter().all(|l| l.in_features() == k);
-        let q4_1: Vec<_> = layers
-            .iter()
-            .filter_map(|l| match l {
-                Self::Q4_1(w) => Some(w),
-                _ => None,
-            })
-            .collect();
-        let dense: Vec<_> = layers
-            .iter()
-            .filter_map(|l| match l {
-                Self::Dense {
-                    w, out_features, ..
-                } => Some((w.as_slice(), *out_features)),
-                _ => None,
-            })
-            .collect();
-        let mut outs = layers.map(|l| vec![0f32; m * l.out_features()]);
-        if shared && q4_1.len() == N {
+        let zeroed = || layers.map(|l| vec![0f32; m * l.out_features()]);
+        if shared && layers.iter().all(|l| matches!(l, Self::Q4_1(_))) {
             let xq = kernels::quant::quantize_rows_q8_1(x, k);
-            for (out, w) in outs.iter_mut().zip(q4_1) {
-                kernels::quant::matmul_q4_1_q8(&xq, m, w, out)?;
+            let mut outs = zeroed();
+            for (out, l) in outs.iter_mut().zip(layers) {
+                if let Self::Q4_1(w) = l {
+                    kernels::quant::matmul_q4_1_q8(&xq, m, w, out)?;
+                }
             }
-        } else if shared && dense.len() == N {
-            let mut ws: Vec<(&[f32], usize, &mut [f32])> = dense
-                .into_iter()
+            return Ok(outs);
+        }
+        if shared && layers.iter().all(|l| matches!(l, Self::Dense { .. })) {
+            let mut outs = zeroed();
+            let mut ws: Vec<(&[f32], usize, &mut [f32])> = layers
+                .iter()
                 .zip(outs.iter_mut())
-                .map(|((w, n), out)| (w, n, out.as_mut_slice()))
+                .filter_map(|(l, out)| match l {
+                    Self::Dense {
+                        w, out_features, ..
+                    } => Some((w.as_slice(), *out_features, out.as_mut_slice())),
+                    _ => None,
+                })
                 .collect();
             kernels::linear_shared(x, m, k, &mut ws)?;
-        } else {
-            for (out, l) in outs.iter_mut().zip(layers) {
-                *out = l.forward(x, m)?;
-            }
+            return Ok(outs);
+        }
+        let mut outs = layers.map(|_| Vec::new());
+        for (out, l) in outs.iter_mut().zip(layers) {
+            *out = l.forward(x, m)?;
         }
         Ok(outs)
     }

@@ -113,20 +113,12 @@ pub(crate) fn linear_with(
         target_feature = "fma"
     )))]
     let _ = avx512;
-    // One task per (matrix, column chunk).
-    let tasks: Vec<(&[f32], usize, SendPtr, usize)> = ws
-        .iter_mut()
-        .flat_map(|(w, n, out)| {
-            let (w, n, out) = (*w, *n, SendPtr(out.as_mut_ptr()));
-            (0..n.div_ceil(chunk)).map(move |c| (w, n, SendPtr(out.0), c * chunk))
-        })
-        .collect();
-    tasks.into_par_iter().for_each(|(w, n, out, c0)| {
+    let run = |w: &[f32], n: usize, out: SendPtr, c0: usize| {
         let c1 = (c0 + chunk).min(n);
         for r0 in (0..m).step_by(ROW_BLOCK) {
             let r1 = (r0 + ROW_BLOCK).min(m);
-            // SAFETY: each task writes only columns c0..c1 of its own
-            // matrix's `out`, and the ranges of different tasks are
+            // SAFETY: each call writes only columns c0..c1 of its own
+            // matrix's `out`, and the ranges of different calls are
             // disjoint; the AVX-512 path runs only where the CPU has it, on
             // rows packed from `x`, and r0 is even.
             #[cfg(all(
@@ -140,6 +132,14 @@ pub(crate) fn linear_with(
             }
             unsafe { block(x, w, k, n, r0..r1, c0..c1, out.0) };
         }
+    };
+    // The matrices' column chunks all go into one parallel region (nested
+    // parallel iterators join as one; nothing is allocated per call).
+    ws.par_iter_mut().for_each(|(w, n, out)| {
+        let (w, n, out) = (*w, *n, SendPtr(out.as_mut_ptr()));
+        (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .for_each(|c| run(w, n, out, c * chunk));
     });
     Ok(())
 }
@@ -151,6 +151,7 @@ pub(crate) fn linear_with(
 ))]
 mod avx512;
 
+#[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
